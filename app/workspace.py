@@ -1,0 +1,424 @@
+"""One browser session's task: support classes, queries, messages, and how images get in.
+
+Pure Python (NumPy + Pillow + the engine's preprocessing), no Streamlit: the UI keeps one
+:class:`Workspace` in ``st.session_state`` and calls these methods, and tests can drive them
+directly. Nothing here is shared between sessions; the only process-wide state is an LRU cache
+of preprocessing results keyed by the image bytes' hash (immutable, read-only arrays).
+
+Design rules that keep user work safe:
+
+* a class always has :data:`MAX_SHOTS` slots and the workspace :data:`MAX_WAYS` classes; N and K only
+  choose how many are *visible*, so lowering them hides drawings instead of deleting them;
+* an image that cannot be used (blank, corrupt, too large) never replaces anything; it becomes a
+  message attached to the place it came from (``messages[target]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from threading import Lock
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from engine.data.preprocess import ImagePreprocessError, preprocess_image
+
+if TYPE_CHECKING:
+    from engine.data.omniglot import CharacterSet
+
+MIN_WAYS, MAX_WAYS = 2, 20
+MIN_SHOTS, MAX_SHOTS = 1, 10
+MAX_QUERIES = 60
+THUMB_SIDE = 84
+"""Display size (px, before browser scaling) of the original-image thumbnail."""
+NETWORK_ZOOM = 4
+"""The 28x28 network input is shown 4x enlarged with nearest-neighbour pixels (112 px)."""
+
+Source = Literal["drawing", "upload", "omniglot"]
+Level = Literal["error", "warning", "info", "success"]
+QUERIES = "queries"
+"""Message target of the query section; support classes use :func:`class_target`."""
+
+
+def class_target(index: int) -> str:
+    return f"class-{index}"
+
+
+# --------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True, eq=False)
+class Example:
+    """One image as the user gave it and as the network sees it (immutable, so it can be shared
+    between reruns and compared by identity)."""
+
+    id: str
+    source: Source
+    name: str
+    pixels: np.ndarray  # float32 [28, 28] in [0, 1], ink high, read-only
+    original_png: bytes  # display thumbnail of what the user gave (dark ink on white)
+    network_png: bytes  # the 28x28 input enlarged with visible pixels (ink bright on black)
+
+
+@dataclass(frozen=True)
+class Message:
+    level: Level
+    text: str
+
+
+_CACHE_SIZE = 512
+_preprocess_cache: OrderedDict[str, np.ndarray | ImagePreprocessError] = OrderedDict()
+_cache_lock = Lock()
+
+
+def preprocess_cached(data: bytes) -> np.ndarray:
+    """:func:`preprocess_image` on encoded bytes, memoised by content hash (errors too)."""
+    digest = hashlib.sha256(data).hexdigest()
+    with _cache_lock:
+        hit = _preprocess_cache.get(digest)
+        if hit is not None:
+            _preprocess_cache.move_to_end(digest)
+    if hit is None:
+        try:
+            pixels = np.asarray(preprocess_image(data), dtype=np.float32)
+            if pixels.shape != (28, 28) or not np.isfinite(pixels).all():
+                raise ImagePreprocessError("The image could not be turned into a 28x28 character.")
+            pixels = pixels.copy()
+            pixels.setflags(write=False)
+            hit = pixels
+        except ImagePreprocessError as error:
+            hit = error
+        with _cache_lock:
+            _preprocess_cache[digest] = hit
+            while len(_preprocess_cache) > _CACHE_SIZE:
+                _preprocess_cache.popitem(last=False)
+    if isinstance(hit, ImagePreprocessError):
+        raise hit
+    return hit
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def network_png(pixels: np.ndarray) -> bytes:
+    """The network's 28x28 input, ink bright on black, enlarged with hard pixel edges."""
+    grey = np.clip(np.rint(np.asarray(pixels, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    image = Image.fromarray(grey, mode="L")
+    return _png(image.resize((28 * NETWORK_ZOOM, 28 * NETWORK_ZOOM), Image.Resampling.NEAREST))
+
+
+def original_png(data: bytes) -> bytes:
+    """A small display copy of an uploaded/drawn image (transparency flattened onto white).
+
+    Only called after :func:`preprocess_cached` accepted the bytes, so size and format are sane.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (THUMB_SIDE * 2, THUMB_SIDE * 2))
+        image = ImageOps.exif_transpose(image) or image
+        image.thumbnail((THUMB_SIDE * 2, THUMB_SIDE * 2))
+        if image.mode in ("RGBA", "LA", "PA", "P"):
+            image = image.convert("RGBA")
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, image)
+        image = image.convert("RGB")
+        return _png(image)
+
+
+def inverted_png(pixels: np.ndarray) -> bytes:
+    """Display copy of a dataset image: dark ink on white, smoothly enlarged."""
+    grey = np.clip(np.rint((1.0 - np.asarray(pixels, dtype=np.float32)) * 255.0), 0, 255).astype(np.uint8)
+    return _png(Image.fromarray(grey, mode="L").resize((THUMB_SIDE * 2, THUMB_SIDE * 2), Image.Resampling.BICUBIC))
+
+
+def example_from_bytes(data: bytes, source: Source, name: str) -> Example:
+    """Preprocess an encoded image; raises :class:`ImagePreprocessError` with a user-facing message."""
+    pixels = preprocess_cached(data)
+    try:
+        original = original_png(data)
+    except Exception:  # noqa: BLE001 - the network view is what matters; show it instead
+        original = inverted_png(pixels)
+    return Example(id=uuid.uuid4().hex, source=source, name=name, pixels=pixels, original_png=original,
+                   network_png=network_png(pixels))
+
+
+def example_from_pixels(pixels: np.ndarray, source: Source, name: str) -> Example:
+    """A dataset image that is already a 28x28 network input."""
+    array = np.asarray(pixels, dtype=np.float32).reshape(28, 28).copy()
+    array.setflags(write=False)
+    return Example(id=uuid.uuid4().hex, source=source, name=name, pixels=array, original_png=inverted_png(array),
+                   network_png=network_png(array))
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@dataclass
+class SupportClass:
+    name: str
+    slots: list[Example | None] = field(default_factory=lambda: [None] * MAX_SHOTS)
+
+    def examples(self, shots: int) -> list[Example]:
+        return [example for example in self.slots[:shots] if example is not None]
+
+    def hidden_count(self, shots: int) -> int:
+        return sum(example is not None for example in self.slots[shots:])
+
+    def first_free(self, shots: int) -> int | None:
+        for index in range(shots):
+            if self.slots[index] is None:
+                return index
+        return None
+
+
+@dataclass
+class Query:
+    example: Example
+    label: int | None = None  # index of the true class, if the user said
+
+
+def default_class_name(index: int) -> str:
+    return f"Class {index + 1}"
+
+
+@dataclass
+class Workspace:
+    """Everything one session has built."""
+
+    ways: int = 5
+    shots: int = 1
+    classes: list[SupportClass] = field(
+        default_factory=lambda: [SupportClass(default_class_name(i)) for i in range(MAX_WAYS)])
+    queries: list[Query] = field(default_factory=list)
+    # Bumped when the task is replaced wholesale: widgets keyed with it start fresh.
+    generation: int = 0
+    # How the current task was sampled from Omniglot (seed etc.), if it was.
+    omniglot: dict[str, Any] | None = None
+    messages: dict[str, list[Message]] = field(default_factory=dict)
+    # Last drawing-pad nonce handled per pad (see app.canvas.drawing_pad).
+    pad_seen: dict[str, str] = field(default_factory=dict)
+    # Upload-widget generation per target: bumped after handling files so the widget empties.
+    upload_generation: dict[str, int] = field(default_factory=dict)
+    # The task as it was before the last "sample" / "clear all", for one-click restore.
+    previous: dict[str, Any] | None = None
+
+    # -- messages ---------------------------------------------------------------------------
+    def say(self, target: str, level: Level, text: str) -> None:
+        self.messages.setdefault(target, []).append(Message(level, text))
+
+    def clear_messages(self, target: str) -> None:
+        self.messages.pop(target, None)
+
+    def messages_for(self, target: str) -> list[Message]:
+        return list(self.messages.get(target, []))
+
+    # -- shape -------------------------------------------------------------------------------
+    def set_size(self, ways: int, shots: int) -> None:
+        self.ways = int(min(max(ways, MIN_WAYS), MAX_WAYS))
+        self.shots = int(min(max(shots, MIN_SHOTS), MAX_SHOTS))
+
+    @property
+    def visible_classes(self) -> list[SupportClass]:
+        return self.classes[: self.ways]
+
+    def class_names(self) -> list[str]:
+        return [self.display_name(i) for i in range(self.ways)]
+
+    def display_name(self, index: int) -> str:
+        name = self.classes[index].name.strip()
+        return name or default_class_name(index)
+
+    def rename(self, index: int, name: str) -> None:
+        self.classes[index].name = name.strip()[:60]
+
+    def hidden_classes_with_examples(self) -> list[int]:
+        return [i for i in range(self.ways, MAX_WAYS) if any(e is not None for e in self.classes[i].slots)]
+
+    # -- support examples ----------------------------------------------------------------------
+    def add_support(self, index: int, example: Example) -> int | None:
+        """Put ``example`` in the class's first free visible slot; None (and a message) if full."""
+        slot = self.classes[index].first_free(self.shots)
+        if slot is None:
+            self.say(class_target(index), "warning",
+                     f"{self.display_name(index)} already has {self.shots} examples (K = {self.shots}): "
+                     "delete one, or raise K, to add another.")
+            return None
+        self.classes[index].slots[slot] = example
+        return slot
+
+    def delete_support(self, index: int, example_id: str) -> bool:
+        slots = self.classes[index].slots
+        for i, example in enumerate(slots):
+            if example is not None and example.id == example_id:
+                slots[i] = None
+                self.clear_messages(class_target(index))
+                return True
+        return False
+
+    def clear_class(self, index: int) -> None:
+        self.classes[index].slots = [None] * MAX_SHOTS
+        self.clear_messages(class_target(index))
+
+    def support_count(self) -> int:
+        return sum(len(c.examples(self.shots)) for c in self.visible_classes)
+
+    # -- queries ---------------------------------------------------------------------------------
+    def add_query(self, example: Example, label: int | None = None) -> bool:
+        if len(self.queries) >= MAX_QUERIES:
+            self.say(QUERIES, "warning", f"At most {MAX_QUERIES} queries: delete some to add more.")
+            return False
+        self.queries.append(Query(example, label))
+        return True
+
+    def delete_query(self, example_id: str) -> bool:
+        before = len(self.queries)
+        self.queries = [q for q in self.queries if q.example.id != example_id]
+        if len(self.queries) != before:
+            self.clear_messages(QUERIES)
+        return len(self.queries) != before
+
+    def set_query_label(self, example_id: str, label: int | None) -> None:
+        for query in self.queries:
+            if query.example.id == example_id:
+                query.label = label
+
+    def query_label(self, query: Query) -> int | None:
+        """The query's class if it is one of the visible classes, else None."""
+        return query.label if query.label is not None and 0 <= query.label < self.ways else None
+
+    # -- ingestion ---------------------------------------------------------------------------------
+    def ingest(self, target: str, data: bytes, source: Source, name: str) -> Example | None:
+        """Preprocess ``data`` and place it at ``target``; on failure leave a message there."""
+        try:
+            example = example_from_bytes(data, source, name)
+        except ImagePreprocessError as error:
+            what = "The drawing" if source == "drawing" else f"“{name}”"
+            self.say(target, "error", f"{what} was not added: {error}")
+            return None
+        if target == QUERIES:
+            return example if self.add_query(example) else None
+        index = int(target.split("-", 1)[1])
+        return example if self.add_support(index, example) is not None else None
+
+    def ingest_files(self, target: str, files: list[tuple[str, bytes]], source: Source = "upload") -> int:
+        """Several uploads into one class (filling free slots in order) or into the queries."""
+        self.clear_messages(target)
+        added = 0
+        for position, (name, data) in enumerate(files):
+            if target != QUERIES:
+                index = int(target.split("-", 1)[1])
+                if self.classes[index].first_free(self.shots) is None:
+                    rest = len(files) - position
+                    self.say(target, "warning",
+                             f"{self.display_name(index)} is full (K = {self.shots}): {rest} file"
+                             f"{'s were' if rest > 1 else ' was'} not added. Delete examples or raise K.")
+                    break
+            if self.ingest(target, data, source, name) is not None:
+                added += 1
+        return added
+
+    # -- the task the algorithms see ---------------------------------------------------------------
+    def empty_classes(self) -> list[int]:
+        return [i for i, c in enumerate(self.visible_classes) if not c.examples(self.shots)]
+
+    def support_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(images [n, 28, 28], labels [n]) of the visible support set."""
+        images, labels = [], []
+        for label, support_class in enumerate(self.visible_classes):
+            for example in support_class.examples(self.shots):
+                images.append(example.pixels)
+                labels.append(label)
+        if not images:
+            return np.zeros((0, 28, 28), np.float32), np.zeros(0, np.int64)
+        return np.stack(images).astype(np.float32), np.asarray(labels, dtype=np.int64)
+
+    def query_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(images [q, 28, 28], labels [q] with -1 where unknown)."""
+        if not self.queries:
+            return np.zeros((0, 28, 28), np.float32), np.zeros(0, np.int64)
+        images = np.stack([q.example.pixels for q in self.queries]).astype(np.float32)
+        labels = [self.query_label(q) for q in self.queries]
+        return images, np.asarray([-1 if label is None else label for label in labels], dtype=np.int64)
+
+    def task_key(self) -> tuple[Any, ...]:
+        """Identity of what the algorithms compute on (not names or query labels)."""
+        support = tuple(tuple(e.id for e in c.examples(self.shots)) for c in self.visible_classes)
+        return (self.ways, support, tuple(q.example.id for q in self.queries))
+
+    # -- wholesale changes ------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        return {"ways": self.ways, "shots": self.shots, "classes": copy.deepcopy(self.classes),
+                "queries": copy.deepcopy(self.queries), "omniglot": copy.deepcopy(self.omniglot)}
+
+    def has_content(self) -> bool:
+        return bool(self.queries) or any(e is not None for c in self.classes for e in c.slots)
+
+    def _replace(self, classes: list[SupportClass], queries: list[Query], omniglot: dict[str, Any] | None,
+                 ways: int | None = None, shots: int | None = None, keep_previous: bool = True) -> None:
+        if keep_previous and self.has_content():
+            self.previous = self.snapshot()
+        self.classes, self.queries, self.omniglot = classes, queries, omniglot
+        if ways is not None:
+            self.ways = ways
+        if shots is not None:
+            self.shots = shots
+        self.messages.clear()
+        self.generation += 1
+
+    def clear_all(self) -> None:
+        self._replace([SupportClass(default_class_name(i)) for i in range(MAX_WAYS)], [], None)
+
+    def restore_previous(self) -> bool:
+        if not self.previous:
+            return False
+        previous, self.previous = self.previous, None
+        current = self.snapshot() if self.has_content() else None
+        self._replace(previous["classes"], previous["queries"], previous["omniglot"], previous["ways"],
+                      previous["shots"], keep_previous=False)
+        self.previous = current
+        return True
+
+    def load_omniglot(self, characters: "CharacterSet", ways: int, shots: int, queries_per_class: int, seed: int) -> None:
+        """Fill support and queries with a task sampled from ``characters`` (the evaluation split)."""
+        from engine.data.tasks import sample_task
+
+        task = sample_task(characters, ways, shots, queries_per_class, np.random.default_rng(seed))
+        support_x = task.support_x.detach().cpu().numpy().reshape(-1, 28, 28)
+        support_y = task.support_y.detach().cpu().numpy().reshape(-1)
+        query_x = task.query_x.detach().cpu().numpy().reshape(-1, 28, 28)
+        query_y = task.query_y.detach().cpu().numpy().reshape(-1)
+        names = list(getattr(task, "class_names", ()) or [])
+        classes = []
+        for index in range(MAX_WAYS):
+            name = pretty_character_name(names[index]) if index < min(ways, len(names)) else default_class_name(index)
+            classes.append(SupportClass(name))
+        filled = [0] * ways
+        for image, label in zip(support_x, support_y):
+            label = int(label)
+            if filled[label] < MAX_SHOTS:
+                classes[label].slots[filled[label]] = example_from_pixels(image, "omniglot", names[label] if label < len(names) else "")
+                filled[label] += 1
+        queries = [Query(example_from_pixels(image, "omniglot", ""), int(label))
+                   for image, label in list(zip(query_x, query_y))[:MAX_QUERIES]]
+        self._replace(classes, queries, {"seed": int(seed), "ways": ways, "shots": shots,
+                                         "queries_per_class": queries_per_class}, ways=ways, shots=shots)
+
+
+def pretty_character_name(name: str) -> str:
+    """``"Alphabet_of_the_Magi/character07"`` -> ``"Alphabet of the Magi · 07"``."""
+    text = str(name)
+    if "/" in text:
+        alphabet, character = text.rsplit("/", 1)
+        number = character.replace("character", "").strip() or character
+        alphabet = alphabet.split("/")[-1].replace("_", " ")
+        return f"{alphabet} · {number}"[:60]
+    return text.replace("_", " ")[:60]

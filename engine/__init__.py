@@ -1,0 +1,1 @@
+"""Meta-learning playground engine: data, models, learners and training (no UI code)."""

@@ -1,0 +1,260 @@
+"""Run several learners on one few-shot task and collect what the app (and benchmarks) show.
+
+``compare`` is the single place where "all algorithms on the same task" happens: the Streamlit app
+calls it for every comparison, and a benchmark can call it to time exactly what the app runs.
+
+* Inputs are validated once for the whole comparison (:class:`TaskInputError`: a class with no
+  support example, labels out of range, images of the wrong shape); those are the user's task, not
+  an algorithm's fault.
+* Each algorithm then runs in isolation: an exception in one becomes that algorithm's ``error`` and
+  the others still run. A diverging inner loop is reported as the learner's ``warning``.
+* Learners are only read (``Learner.adapt`` never writes meta-parameters), so one loaded model can
+  serve many users at once.
+
+Pure PyTorch/NumPy; no Streamlit here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from engine.learners import AdaptSettings, Learner, StepRecord
+
+if TYPE_CHECKING:
+    from engine.data.tasks import Task
+
+ImageBatch = Tensor | np.ndarray | Sequence[np.ndarray] | Sequence[Tensor]
+
+
+class TaskInputError(ValueError):
+    """The task itself cannot be run (the message is user-facing)."""
+
+
+@dataclass
+class AlgorithmResult:
+    """Everything one algorithm produced on one task."""
+
+    name: str
+    # Support loss / accuracy per inner step (step 0 = before any update); one record for ProtoNet.
+    trace: list[StepRecord] = field(default_factory=list)
+    # [Q, ways] class probabilities and [Q] predicted classes; None without queries or on error.
+    probabilities: np.ndarray | None = None
+    predictions: np.ndarray | None = None
+    adapt_ms: float = 0.0
+    predict_ms: float = 0.0
+    # What actually ran: None for learners without an inner loop (ProtoNet).
+    steps: int | None = None
+    lr: float | str | None = None
+    optimizer: str | None = None
+    has_inner_loop: bool = True
+    warning: str | None = None
+    error: str | None = None
+    # Fraction of labelled queries predicted correctly; None when no query carries a label.
+    query_accuracy: float | None = None
+    correct: int = 0
+    labelled: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.trace[-1].loss if self.trace else None
+
+    @property
+    def final_support_accuracy(self) -> float | None:
+        return self.trace[-1].accuracy if self.trace else None
+
+    @property
+    def total_ms(self) -> float:
+        return self.adapt_ms + self.predict_ms
+
+
+def as_images(images: ImageBatch | None, what: str = "images") -> Tensor:
+    """Images as float32 ``[n, 1, 28, 28]``: from ``[n,28,28]``/``[n,1,28,28]`` arrays or tensors,
+    or a sequence of ``[28,28]`` (or ``[1,28,28]``) arrays. ``None`` or empty gives ``[0,1,28,28]``."""
+    if images is None:
+        return torch.zeros(0, 1, 28, 28)
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            return torch.zeros(0, 1, 28, 28)
+        arrays = [np.asarray(image.detach().cpu() if isinstance(image, Tensor) else image, dtype=np.float32)
+                  for image in images]
+        for array in arrays:
+            if array.size != 28 * 28:
+                _bad_shape(what, array.shape)
+        images = np.stack([array.reshape(28, 28) for array in arrays])
+    tensor = torch.as_tensor(np.asarray(images, dtype=np.float32) if isinstance(images, np.ndarray) else images)
+    tensor = tensor.to(torch.float32)
+    if tensor.ndim == 3:
+        tensor = tensor.unsqueeze(1)
+    if tensor.ndim != 4 or tuple(tensor.shape[1:]) != (1, 28, 28):
+        _bad_shape(what, tuple(tensor.shape))
+    if tensor.numel() and not torch.isfinite(tensor).all():
+        raise TaskInputError(f"The {what} contain non-finite values.")
+    return tensor
+
+
+def _bad_shape(what: str, shape: Any) -> Tensor:
+    raise TaskInputError(f"The {what} must be 28x28 images; got shape {tuple(shape)}.")
+
+
+def as_labels(labels: Tensor | np.ndarray | Sequence[int] | None, count: int, ways: int, what: str) -> Tensor | None:
+    if labels is None:
+        return None
+    tensor = torch.as_tensor(np.asarray(labels, dtype=np.int64) if not isinstance(labels, Tensor) else labels).to(torch.int64)
+    tensor = tensor.reshape(-1)
+    if tensor.numel() != count:
+        raise TaskInputError(f"{count} {what} images but {tensor.numel()} labels.")
+    return tensor
+
+
+def validate_support(support_y: Tensor, ways: int) -> None:
+    """Every class 0..ways-1 needs at least one example; labels must lie in that range."""
+    if not 2 <= ways:
+        raise TaskInputError(f"A task needs at least 2 classes (got {ways}).")
+    if support_y.numel() == 0:
+        raise TaskInputError("The support set is empty: draw or upload at least one example per class.")
+    if int(support_y.min()) < 0 or int(support_y.max()) >= ways:
+        raise TaskInputError(f"Support labels must lie in 0..{ways - 1}.")
+    counts = torch.bincount(support_y, minlength=ways)
+    empty = [int(i) for i in torch.nonzero(counts == 0).flatten()]
+    if empty:
+        names = ", ".join(str(i + 1) for i in empty)
+        raise TaskInputError(f"Class{'es' if len(empty) > 1 else ''} {names} ha{'ve' if len(empty) > 1 else 's'} "
+                             "no support examples.")
+
+
+def effective_settings(learner: Learner, settings: AdaptSettings | None) -> tuple[int | None, float | str | None, str | None]:
+    """(steps, learning rate, optimizer) that ``learner.adapt`` will use with ``settings``.
+
+    ``None`` for learners without an inner loop; a learning rate learned per parameter (Meta-SGD
+    style) is reported as the string ``"learned"``.
+    """
+    if not learner.has_inner_loop:
+        return None, None, None
+    settings = settings or AdaptSettings()
+    config = getattr(learner, "config", None)
+    steps = settings.steps if settings.steps is not None else getattr(config, "test_inner_steps", None)
+    lr: float | str | None
+    try:
+        raw = learner.inner_lr(settings)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a learner without the helper still runs
+        raw = settings.lr if settings.lr is not None else getattr(config, "inner_lr", None)
+    if isinstance(raw, (int, float)):
+        lr = float(raw)
+    elif isinstance(raw, Tensor) and raw.numel() == 1:
+        lr = float(raw)
+    elif raw is None:
+        lr = None
+    else:
+        lr = "learned"
+    return steps, lr, settings.optimizer
+
+
+def _settings_for(name: str, settings: AdaptSettings | Mapping[str, AdaptSettings] | None) -> AdaptSettings:
+    if settings is None:
+        return AdaptSettings()
+    if isinstance(settings, AdaptSettings):
+        return settings
+    return settings.get(name, AdaptSettings())
+
+
+def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, ways: int, query_x: Tensor,
+            settings: AdaptSettings, query_y: Tensor | None = None) -> AlgorithmResult:
+    """Adapt one learner and predict the queries; never raises for the algorithm's own failures."""
+    result = AlgorithmResult(name=name, has_inner_loop=bool(learner.has_inner_loop))
+    try:
+        result.steps, result.lr, result.optimizer = effective_settings(learner, settings)
+        device = learner.device
+        sx, sy = support_x.to(device), support_y.to(device)
+        start = time.perf_counter()
+        adapted = learner.adapt(sx, sy, ways, settings if learner.has_inner_loop else None)
+        result.adapt_ms = float(adapted.adapt_ms) if adapted.adapt_ms else (time.perf_counter() - start) * 1000.0
+        result.trace = list(adapted.trace)
+        result.warning = adapted.warning
+        if query_x.shape[0]:
+            start = time.perf_counter()
+            probabilities = adapted.predict_proba(query_x.to(device)).detach().to("cpu", torch.float32)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            result.predict_ms = (time.perf_counter() - start) * 1000.0
+            if tuple(probabilities.shape) != (query_x.shape[0], ways):
+                raise RuntimeError(f"predict_proba returned shape {tuple(probabilities.shape)}, "
+                                   f"expected {(query_x.shape[0], ways)}")
+            if not torch.isfinite(probabilities).all():
+                note = "Its predictions are not finite numbers (NaN/inf): the adapted weights blew up."
+                result.warning = f"{result.warning} {note}" if result.warning else note
+                probabilities = torch.nan_to_num(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
+            result.probabilities = probabilities.numpy()
+            result.predictions = probabilities.argmax(dim=1).numpy().astype(np.int64)
+            if query_y is not None:
+                labelled = query_y >= 0
+                result.labelled = int(labelled.sum())
+                if result.labelled:
+                    hits = (torch.as_tensor(result.predictions) == query_y) & labelled
+                    result.correct = int(hits.sum())
+                    result.query_accuracy = result.correct / result.labelled
+    except Exception as error:  # noqa: BLE001 - one algorithm's failure must not stop the others
+        message = str(error).strip() or type(error).__name__
+        result.error = f"{type(error).__name__}: {message}"
+        result.probabilities = result.predictions = None
+        result.query_accuracy = None
+    return result
+
+
+def compare(learners: Mapping[str, Learner], support_images: ImageBatch, support_labels: Tensor | np.ndarray | Sequence[int],
+            ways: int, query_images: ImageBatch | None = None,
+            settings: AdaptSettings | Mapping[str, AdaptSettings] | None = None,
+            query_labels: Tensor | np.ndarray | Sequence[int] | None = None) -> list[AlgorithmResult]:
+    """Adapt every learner to the same support set and predict the same queries.
+
+    ``support_images``: ``[N*K, 28, 28]`` or ``[N*K, 1, 28, 28]`` floats in [0, 1], ink high;
+    ``support_labels``: ``[N*K]`` in 0..ways-1 (classes may have different numbers of examples, but
+    each needs at least one). ``query_labels`` (optional) holds each query's class, or -1 for an
+    unlabelled query; with labels each result carries its query accuracy. ``settings`` is one
+    :class:`AdaptSettings` for all or a mapping name -> settings. Results come back in the order of
+    ``learners``. Raises :class:`TaskInputError` only for problems with the task itself.
+    """
+    support_x = as_images(support_images, "support images")
+    support_y = as_labels(support_labels, support_x.shape[0], ways, "support")
+    assert support_y is not None
+    validate_support(support_y, ways)
+    query_x = as_images(query_images, "query images")
+    query_y = as_labels(query_labels, query_x.shape[0], ways, "query")
+    if query_y is not None and query_y.numel() and int(query_y.max()) >= ways:
+        raise TaskInputError(f"Query labels must lie in 0..{ways - 1} (or -1 for unknown).")
+    return [run_one(name, learner, support_x, support_y, ways, query_x, _settings_for(name, settings), query_y)
+            for name, learner in learners.items()]
+
+
+def compare_task(learners: Mapping[str, Learner], task: "Task",
+                 settings: AdaptSettings | Mapping[str, AdaptSettings] | None = None) -> list[AlgorithmResult]:
+    """:func:`compare` on an engine :class:`~engine.data.tasks.Task` (labelled queries)."""
+    return compare(learners, task.support_x, task.support_y, task.ways, task.query_x, settings, task.query_y)
+
+
+def ranked(results: Sequence[AlgorithmResult]) -> list[AlgorithmResult]:
+    """Best first: highest query accuracy, then lowest final support loss, then fastest; failures last."""
+
+    def key(result: AlgorithmResult) -> tuple[int, float, float, float]:
+        accuracy = result.query_accuracy if result.query_accuracy is not None else -1.0
+        loss = result.final_loss if result.final_loss is not None and math.isfinite(result.final_loss) else math.inf
+        return (0 if result.ok else 1, -accuracy, loss, result.total_ms)
+
+    return sorted(results, key=key)
+
+
+__all__ = [
+    "AlgorithmResult", "TaskInputError", "as_images", "compare", "compare_task", "effective_settings", "ranked",
+    "run_one", "validate_support",
+]

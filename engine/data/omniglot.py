@@ -1,0 +1,337 @@
+"""Omniglot loading: zip or folder -> decoded 28x28 uint8 arrays, cached on disk.
+
+Every drawing goes through :func:`omniglot_to_28`, the same function the user-image
+preprocessing ends with, so training data and app inputs share one resize code path.
+Decoding all 32k PNGs takes a while, so the result is cached as ``.npz`` in
+:func:`engine.paths.cache_dir`, keyed by the source file's identity (size + mtime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from engine.paths import cache_dir, resolve_data_dir
+
+Split = Literal["background", "evaluation"]
+SPLITS: tuple[Split, ...] = get_args(Split)
+
+SOURCE_SIZE = 105
+"""Side of the original Omniglot drawings, in pixels."""
+IMAGE_SIZE = 28
+"""Side of the images every model sees."""
+DRAWINGS_PER_CHARACTER = 20
+"""Omniglot has exactly 20 drawings (by 20 people) of every character."""
+CACHE_FORMAT_VERSION = 1
+"""Bump when decoding or resizing changes, so stale caches are ignored."""
+
+VALIDATION_ALPHABETS: tuple[str, ...] = (
+    "Bengali",  # Brahmic abugida, curly strokes
+    "Futurama",  # invented script, simple geometric shapes
+    "Greek",  # European alphabet
+    "Korean",  # East-Asian block-like strokes
+    "Malay_(Jawi_-_Arabic)",  # Arabic-derived, dots and curves
+)
+"""Background alphabets held out for validation / model selection (never trained on)."""
+
+DOWNLOAD_HINT = "python -m engine.data download --dest DIR"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """Neither ``images_<split>.zip`` nor an extracted ``images_<split>/`` folder exists."""
+
+
+@dataclass(frozen=True, eq=False)
+class CharacterSet:
+    """A set of Omniglot characters with all their drawings.
+
+    ``images`` is uint8 ``[C, 20, 28, 28]`` with ink high (255 = full ink, 0 = background);
+    ``characters[i]`` is ``"Alphabet/characterNN"`` and ``alphabets[i]`` its alphabet.
+    """
+
+    images: np.ndarray
+    characters: tuple[str, ...]
+    alphabets: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 [C, D, H, W], got {self.images.dtype} {self.images.shape}")
+        if not (len(self.characters) == len(self.alphabets) == self.images.shape[0]):
+            raise ValueError("images, characters and alphabets must have the same length")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of characters (classes before any rotation augmentation)."""
+        return int(self.images.shape[0])
+
+    @property
+    def drawings_per_class(self) -> int:
+        """Drawings available per character (20 for Omniglot)."""
+        return int(self.images.shape[1])
+
+    @property
+    def alphabet_names(self) -> tuple[str, ...]:
+        """Distinct alphabets, sorted."""
+        return tuple(sorted(set(self.alphabets)))
+
+    def __len__(self) -> int:
+        return self.num_classes
+
+    def subset(self, mask_or_indices: np.ndarray | Sequence[int] | Sequence[bool]) -> CharacterSet:
+        """Characters selected by a boolean mask (length C) or integer indices."""
+        sel = np.asarray(mask_or_indices)
+        if sel.dtype == bool:
+            if sel.shape != (self.num_classes,):
+                raise ValueError(f"mask must have shape ({self.num_classes},), got {sel.shape}")
+            idx = np.flatnonzero(sel)
+        else:
+            idx = sel.astype(np.int64, copy=False).reshape(-1)
+        images = self.images[idx]
+        images.setflags(write=False)
+        return CharacterSet(
+            images=images,
+            characters=tuple(self.characters[i] for i in idx),
+            alphabets=tuple(self.alphabets[i] for i in idx),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Splits:
+    """Meta-train / meta-validation / meta-test character sets (disjoint alphabets)."""
+
+    train: CharacterSet
+    val: CharacterSet
+    test: CharacterSet
+
+
+# --------------------------------------------------------------------------- image ops
+
+
+def omniglot_to_28(img105_float_inkhigh: np.ndarray) -> np.ndarray:
+    """Resize an ink-high float frame (105x105 for Omniglot) to 28x28 in [0, 1].
+
+    The single resize used for the dataset *and* for user images, so both share
+    exactly the same anti-aliasing (Pillow LANCZOS on a float 'F' image).
+    """
+    frame = np.ascontiguousarray(img105_float_inkhigh, dtype=np.float32)
+    if frame.ndim != 2:
+        raise ValueError(f"expected a 2-D frame, got shape {frame.shape}")
+    small = Image.fromarray(frame).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
+
+
+def to_uint8(images_float: np.ndarray) -> np.ndarray:
+    """Quantise [0, 1] floats to uint8 (rounding, not truncating)."""
+    return np.rint(np.clip(images_float, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 images ``[..., 28, 28]`` -> float32 tensor ``[..., 1, 28, 28]`` in [0, 1]."""
+    arr = np.asarray(images_uint8)
+    if arr.ndim < 2:
+        raise ValueError(f"expected images [..., H, W], got shape {arr.shape}")
+    scaled = arr.astype(np.float32) / np.float32(255.0)
+    return torch.from_numpy(np.expand_dims(scaled, axis=-3))
+
+
+def decode_drawing(png_bytes: bytes) -> np.ndarray:
+    """One Omniglot PNG (white background, black ink) -> uint8 ink-high 28x28."""
+    with Image.open(io.BytesIO(png_bytes)) as im:
+        grey = np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0)
+    return to_uint8(omniglot_to_28(1.0 - grey))
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _split_name(split: str) -> Split:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split  # type: ignore[return-value]
+
+
+def find_source(data_dir: Path | str | None, split: Split) -> Path:
+    """``<dir>/images_<split>.zip`` if present, else the extracted ``<dir>/images_<split>/``."""
+    root = resolve_data_dir(data_dir)
+    zip_path = root / f"images_{split}.zip"
+    if zip_path.is_file():
+        return zip_path
+    folder = root / f"images_{split}"
+    if folder.is_dir():
+        return folder
+    raise DatasetNotFoundError(
+        f"Omniglot {split} split not found: neither {zip_path} nor {folder}/ exists. "
+        f"Download it with `{DOWNLOAD_HINT}` (then pass --data-dir DIR or set OMNIGLOT_DIR=DIR)."
+    )
+
+
+def _drawing_key(relpath: str) -> tuple[str, str, str] | None:
+    """``.../<Alphabet>/<character>/<file>.png`` -> (alphabet, character, file); None to skip."""
+    parts = PurePosixPath(relpath.replace("\\", "/")).parts
+    if len(parts) < 3 or not parts[-1].lower().endswith(".png"):
+        return None
+    if any(p.startswith((".", "__MACOSX")) for p in parts):
+        return None
+    return parts[-3], parts[-2], parts[-1]
+
+
+def _group_drawings(keys: Iterable[tuple[tuple[str, str, str], str]]) -> dict[tuple[str, str], list[str]]:
+    """Group entry names by (alphabet, character), each group sorted by file name."""
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for (alphabet, character, fname), entry in keys:
+        groups.setdefault((alphabet, character), []).append((fname, entry))
+    out: dict[tuple[str, str], list[str]] = {}
+    for key in sorted(groups):
+        files = sorted(groups[key])
+        if len(files) != DRAWINGS_PER_CHARACTER:
+            raise ValueError(
+                f"{key[0]}/{key[1]} has {len(files)} drawings, expected {DRAWINGS_PER_CHARACTER}"
+            )
+        out[key] = [entry for _, entry in files]
+    return out
+
+
+def _source_fingerprint(source: Path) -> dict[str, object]:
+    """Cheap identity of a zip (size, mtime) or folder (count, total size, newest mtime)."""
+    if source.is_file():
+        st = source.stat()
+        return {"kind": "zip", "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    count, total, newest = 0, 0, 0
+    for path in source.rglob("*.png"):
+        st = path.stat()
+        count, total, newest = count + 1, total + st.st_size, max(newest, st.st_mtime_ns)
+    return {"kind": "folder", "files": count, "size": total, "mtime_ns": newest}
+
+
+def cache_path_for(source: Path, split: Split) -> Path:
+    """Cache file name: split + format version + hash of the source's identity."""
+    ident = {
+        "version": CACHE_FORMAT_VERSION,
+        "split": split,
+        "path": str(source.resolve()),
+        **_source_fingerprint(source),
+    }
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"omniglot-{split}-v{CACHE_FORMAT_VERSION}-{digest}.npz"
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _decode_zip(source: Path, split: Split, progress: bool) -> CharacterSet:
+    with zipfile.ZipFile(source) as zf:
+        keyed = []
+        for name in zf.namelist():
+            key = _drawing_key(name)
+            if key is not None:
+                keyed.append((key, name))
+        groups = _group_drawings(keyed)
+        return _decode_groups(groups, zf.read, split, progress)
+
+
+def _decode_folder(source: Path, split: Split, progress: bool) -> CharacterSet:
+    keyed = []
+    for path in source.rglob("*.png"):
+        key = _drawing_key(path.relative_to(source).as_posix())
+        if key is not None:
+            keyed.append((key, str(path)))
+    groups = _group_drawings(keyed)
+    return _decode_groups(groups, lambda p: Path(p).read_bytes(), split, progress)
+
+
+def _decode_groups(
+    groups: dict[tuple[str, str], list[str]], read: Callable[[str], bytes], split: Split, progress: bool
+) -> CharacterSet:
+    if not groups:
+        raise ValueError(f"no drawings found for split {split!r}")
+    images = np.empty((len(groups), DRAWINGS_PER_CHARACTER, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    bar = tqdm(groups.items(), total=len(groups), desc=f"decoding Omniglot {split}", unit="char",
+               disable=None if progress else True)
+    for c, (_, entries) in enumerate(bar):
+        for d, entry in enumerate(entries):
+            images[c, d] = decode_drawing(read(entry))
+    return CharacterSet(
+        images=images,
+        characters=tuple(f"{a}/{ch}" for a, ch in groups),
+        alphabets=tuple(a for a, _ in groups),
+    )
+
+
+def _save_cache(path: Path, chars: CharacterSet) -> None:
+    """Write atomically; a failed write (read-only home, full disk) only costs speed."""
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp.npz", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, images=chars.images, characters=np.array(chars.characters),
+                     alphabets=np.array(chars.alphabets))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is not secret
+        os.replace(tmp, path)
+    except OSError as exc:
+        warnings.warn(f"could not write Omniglot cache {path}: {exc}", stacklevel=3)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_cache(path: Path) -> CharacterSet | None:
+    """The cached set, or None if missing or unreadable (then it is rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            images = npz["images"]
+            characters = tuple(str(s) for s in npz["characters"])
+            alphabets = tuple(str(s) for s in npz["alphabets"])
+        images.setflags(write=False)
+        return CharacterSet(images=images, characters=characters, alphabets=alphabets)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def load_split(data_dir: Path | str | None, split: Split, *, progress: bool = True) -> CharacterSet:
+    """Load one official split as ink-high uint8 ``[C, 20, 28, 28]``, sorted by name.
+
+    Reads ``images_<split>.zip`` (preferred) or the extracted folder; the data dir may be
+    read-only since the decoded array is cached under :func:`engine.paths.cache_dir`.
+    """
+    split = _split_name(split)
+    source = find_source(data_dir, split)
+    cpath = cache_path_for(source, split)
+    cached = _load_cache(cpath)
+    if cached is not None:
+        return cached
+    decode = _decode_zip if source.is_file() else _decode_folder
+    chars = decode(source, split, progress)
+    chars.images.setflags(write=False)
+    _save_cache(cpath, chars)
+    return chars
+
+
+def load_splits(data_dir: Path | str | None = None, *, progress: bool = True) -> Splits:
+    """train = background minus :data:`VALIDATION_ALPHABETS`, val = those, test = evaluation."""
+    background = load_split(data_dir, "background", progress=progress)
+    is_val = np.array([a in VALIDATION_ALPHABETS for a in background.alphabets], dtype=bool)
+    if is_val.all() or not is_val.any():
+        raise ValueError(
+            "background split must contain some but not all of the validation alphabets "
+            f"{VALIDATION_ALPHABETS}; found alphabets {background.alphabet_names}"
+        )
+    return Splits(
+        train=background.subset(~is_val),
+        val=background.subset(is_val),
+        test=load_split(data_dir, "evaluation", progress=progress),
+    )

@@ -1,0 +1,120 @@
+"""Evaluate a checkpoint on tasks from the Omniglot evaluation split.
+
+    python -m engine.evaluate --checkpoint models/maml --ways 5 --shots 1 --tasks 600 --seed 0
+
+prints the mean query accuracy with its 95% confidence interval; ``--json FILE`` also writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.checkpoint import CheckpointError, load_learner
+from engine.data.omniglot import DatasetNotFoundError, load_split
+from engine.data.tasks import Task, task_stream
+from engine.device import resolve_device
+from engine.learners import AdaptSettings, Learner
+from engine.paths import resolve_data_dir
+
+
+@dataclass(frozen=True)
+class Score:
+    accuracy: float
+    ci95: float
+    tasks: int
+
+
+def score(accuracies: Sequence[float]) -> Score:
+    """Mean accuracy and the half-width of its normal-approximation 95% confidence interval."""
+    values = np.asarray(accuracies, dtype=np.float64)
+    spread = values.std(ddof=1) if len(values) > 1 else 0.0
+    return Score(float(values.mean()), float(1.96 * spread / math.sqrt(len(values))), len(values))
+
+
+def task_accuracies(learner: Learner, tasks: Iterable[Task], settings: AdaptSettings | None = None,
+                    transductive: bool = False, progress: bool = False) -> list[float]:
+    """Query accuracy of ``learner`` adapted to each task in turn."""
+    accuracies = []
+    for task in tqdm(tasks, disable=not progress, desc="evaluating", unit="task", leave=False):
+        task = task.to(learner.device)
+        adapted = learner.adapt(task.support_x, task.support_y, task.ways, settings)
+        probabilities = adapted.predict_proba(task.query_x, transductive=transductive)
+        accuracies.append((probabilities.argmax(-1) == task.query_y).float().mean().item())
+    return accuracies
+
+
+def test_inner_steps(learner: Learner, settings: AdaptSettings) -> int:
+    """Inner steps used at test time (0 for learners without an inner loop)."""
+    if not learner.has_inner_loop:
+        return 0
+    return settings.steps if settings.steps is not None else learner.config.test_inner_steps  # type: ignore[attr-defined]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint stem, .safetensors, .json, or a folder with model.*")
+    parser.add_argument("--ways", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=15, help="query examples per class (default 15)")
+    parser.add_argument("--tasks", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inner-steps", type=int, default=None, help="test-time inner steps (default: the checkpoint's)")
+    parser.add_argument("--inner-lr", type=float, default=None, help="test-time inner learning rate")
+    parser.add_argument("--optimizer", default="sgd", help="inner-loop optimizer")
+    parser.add_argument("--transductive", action="store_true",
+                        help="normalise queries with the query batch's statistics (MAML paper) instead of the support set's")
+    parser.add_argument("--split", choices=["evaluation", "validation"], default="evaluation",
+                        help="evaluation split (final numbers) or the held-out background alphabets (model selection)")
+    parser.add_argument("--data-dir", default=None, help="Omniglot folder (default: $OMNIGLOT_DIR, then known places)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    try:
+        learner = load_learner(args.checkpoint, device)
+        if args.split == "evaluation":
+            chars = load_split(resolve_data_dir(args.data_dir), "evaluation")
+        else:
+            from engine.data.omniglot import load_splits
+
+            chars = load_splits(resolve_data_dir(args.data_dir)).val
+    except (CheckpointError, DatasetNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    settings = AdaptSettings(steps=args.inner_steps, lr=args.inner_lr, optimizer=args.optimizer)
+    # A generator, not a list: 600 tasks of 20-way 5-shot would hold ~1 GB of images at once.
+    tasks = itertools.islice(task_stream(chars, args.ways, args.shots, args.queries, args.seed), args.tasks)
+    result = score(task_accuracies(learner, tasks, settings, args.transductive, progress=True))
+    steps = test_inner_steps(learner, settings)
+    bn = "query-batch statistics (transductive)" if args.transductive else "support-set statistics"
+    print(f"{learner.name} {args.ways}-way {args.shots}-shot: {100 * result.accuracy:.2f}% "
+          f"+/- {100 * result.ci95:.2f}% (95% CI over {result.tasks} tasks, {steps} inner steps, batch norm: {bn})")
+    if args.json is not None:
+        payload = {"algorithm": learner.name, "ways": args.ways, "shots": args.shots, "queries": args.queries,
+                   "tasks": result.tasks, "accuracy": result.accuracy, "ci95": result.ci95, "inner_steps": steps,
+                   "transductive": args.transductive, "split": args.split, "seed": args.seed,
+                   "checkpoint": str(args.checkpoint)}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""All meta-learning algorithms, registered by short name.
+
+Adding an algorithm = one module defining a ``@register_learner`` class + one import line below;
+it then appears in ``engine.train``, ``engine.evaluate``, the benchmarks and the app.
+"""
+
+from engine.learners.base import (
+    LEARNERS,
+    AdaptSettings,
+    Adapted,
+    Learner,
+    LearnerConfig,
+    MetaLoss,
+    StepRecord,
+    get_learner_class,
+    register_learner,
+)
+
+# Registry entries.
+from engine.learners import maml, protonet, reptile  # noqa: E402,F401
+
+__all__ = [
+    "LEARNERS", "AdaptSettings", "Adapted", "Learner", "LearnerConfig", "MetaLoss", "StepRecord",
+    "get_learner_class", "register_learner",
+]

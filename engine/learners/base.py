@@ -1,0 +1,199 @@
+"""The one interface every meta-learning algorithm implements, and the registry of algorithms.
+
+A learner holds meta-parameters and offers two things:
+
+* ``meta_loss(tasks)``: a differentiable loss over a batch of tasks whose gradient with respect to
+  ``learner.params`` is the algorithm's meta-gradient (the trainer calls ``backward`` and steps
+  ``learner.meta_optimizer()``);
+* ``adapt(support_x, support_y, ways)``: adapts to one support set and returns an ``Adapted`` model
+  with a per-step trace and ``predict_proba(query_x)``.
+
+``adapt`` never writes to ``learner.params``: the app shares one loaded learner between sessions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+from engine.nets import BackboneConfig, Params, init_backbone
+
+if TYPE_CHECKING:
+    from engine.data.tasks import Task
+
+
+@dataclass
+class LearnerConfig:
+    """Hyper-parameters shared by all learners; subclasses add their own fields.
+
+    Every field becomes a ``--flag`` of ``python -m engine.train`` and is saved in checkpoints.
+    """
+
+    meta_lr: float = 1e-3
+    # Linear annealing of the meta learning rate to this value over training (None: constant).
+    meta_lr_final: float | None = None
+    meta_optimizer: str = "adam"
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """Test-time inner-loop settings; ``None`` means the learner's own default."""
+
+    steps: int | None = None
+    lr: float | None = None
+    optimizer: str = "sgd"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """The support set's loss and accuracy after ``step`` updates, and the time spent so far."""
+
+    step: int
+    loss: float
+    accuracy: float
+    elapsed_ms: float
+
+
+@dataclass
+class Adapted:
+    """A model adapted to one support set."""
+
+    ways: int
+    trace: list[StepRecord]
+    predict_logits: Callable[[Tensor, bool], Tensor]
+    # Set when the inner loop stopped early because its loss stopped being finite.
+    warning: str | None = None
+    adapt_ms: float = 0.0
+
+    @torch.no_grad()
+    def predict_proba(self, query_x: Tensor, transductive: bool = False) -> Tensor:
+        """Per-class probabilities [Q, ways] for query images [Q,1,28,28].
+
+        By default batch norm uses the support set's statistics, so each query's prediction is
+        independent of the others (and one query works); ``transductive=True`` normalises with
+        the query batch's own statistics, as in the MAML paper's evaluation.
+        """
+        return torch.softmax(self.predict_logits(query_x, transductive), dim=-1)
+
+
+@dataclass
+class MetaLoss:
+    """The loss to differentiate, plus the batch's query metrics for logging."""
+
+    loss: Tensor
+    query_loss: float
+    query_accuracy: float
+
+
+class Learner(ABC):
+    """Base class of every algorithm. Subclasses set ``name``, ``config_class`` and implement
+    ``meta_loss`` and ``adapt``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[LearnerConfig]] = LearnerConfig
+    # Training defaults that differ from the trainer's (e.g. ProtoNet trains on more ways).
+    train_defaults: ClassVar[dict[str, Any]] = {}
+    # Whether adaptation runs gradient steps (and so honours AdaptSettings).
+    has_inner_loop: ClassVar[bool] = True
+
+    def __init__(self, config: LearnerConfig | None = None, backbone: BackboneConfig | None = None,
+                 params: Params | None = None, seed: int = 0) -> None:
+        self.config = config if config is not None else self.config_class()
+        self.backbone = backbone if backbone is not None else BackboneConfig()
+        if params is None:
+            params = self.init_params(torch.Generator().manual_seed(seed))
+        self.params: Params = {name: value.detach().clone().requires_grad_(True) for name, value in params.items()}
+
+    # -- parameters -------------------------------------------------------------------------
+    def init_params(self, generator: torch.Generator) -> Params:
+        """Fresh meta-parameters; learners with extra learned tensors extend this."""
+        return init_backbone(self.backbone, generator)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    def to(self, device: torch.device | str) -> "Learner":
+        self.params = {k: v.detach().to(device).requires_grad_(True) for k, v in self.params.items()}
+        return self
+
+    def meta_optimizer(self) -> torch.optim.Optimizer:
+        params = list(self.params.values())
+        if self.config.meta_optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.config.meta_lr)
+        if self.config.meta_optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.config.meta_lr)
+        raise ValueError(f"unknown meta optimizer {self.config.meta_optimizer!r}")
+
+    def detached_params(self) -> Params:
+        """Meta-parameters cut from the meta-graph: a safe starting point for adaptation (every
+        update creates new tensors, so the shared meta-parameters are never written)."""
+        return {name: value.detach() for name, value in self.params.items()}
+
+    # -- the algorithm -----------------------------------------------------------------------
+    @abstractmethod
+    def meta_loss(self, tasks: Sequence["Task"]) -> MetaLoss:
+        """Loss over a batch of tasks whose gradient w.r.t. ``self.params`` is the meta-gradient."""
+
+    @abstractmethod
+    def adapt(self, support_x: Tensor, support_y: Tensor, ways: int,
+              settings: AdaptSettings | None = None) -> Adapted:
+        """Adapt to a support set (images [N*K,1,28,28], labels 0..ways-1)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"algorithm": self.name, "config": dataclasses.asdict(self.config),
+                "backbone": dataclasses.asdict(self.backbone)}
+
+
+LEARNERS: dict[str, type[Learner]] = {}
+
+LearnerClass = TypeVar("LearnerClass", bound=type[Learner])
+
+
+def register_learner(cls: LearnerClass) -> LearnerClass:
+    """Class decorator: make ``cls`` available by ``cls.name`` to training, evaluation and the app."""
+    if cls.name in LEARNERS:
+        raise ValueError(f"learner {cls.name!r} registered twice")
+    LEARNERS[cls.name] = cls
+    return cls
+
+
+def get_learner_class(name: str) -> type[Learner]:
+    try:
+        return LEARNERS[name]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r}; choose from {sorted(LEARNERS)}") from None
+
+
+class Stopwatch:
+    """Milliseconds since construction (synchronising CUDA so GPU timings are honest)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = time.perf_counter()
+
+    def ms(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return (time.perf_counter() - self.start) * 1000.0
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    return (logits.argmax(dim=-1) == labels).float().mean().item()
+
+
+def mean_metrics(losses: list[Tensor], accuracies: list[float]) -> tuple[float, float]:
+    return float(torch.stack([l.detach() for l in losses]).mean()), sum(accuracies) / len(accuracies)
+
+
+__all__ = [
+    "AdaptSettings", "Adapted", "LEARNERS", "Learner", "LearnerConfig", "MetaLoss", "StepRecord",
+    "Stopwatch", "accuracy", "get_learner_class", "mean_metrics", "register_learner",
+]

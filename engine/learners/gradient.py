@@ -1,0 +1,126 @@
+"""What every gradient-based learner shares: the inner loop and test-time adaptation.
+
+An algorithm in this family only says how it turns inner loops into a meta-loss; MAML, first-order
+MAML and Reptile differ only there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.learners.base import AdaptSettings, Adapted, Learner, LearnerConfig, StepRecord, Stopwatch, accuracy
+from engine.nets import Params, classify, zero_head
+from engine.optim import InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
+
+SupportLoss = Callable[[Params], tuple[Tensor, Tensor]]
+
+# A final support loss this many times the initial one counts as divergence worth a warning.
+DIVERGENCE_FACTOR = 4.0
+
+
+@dataclass
+class GradientConfig(LearnerConfig):
+    inner_steps: int = 5
+    inner_lr: float = 0.4
+    # Defaults for adaptation at test time (the app and evaluation); the app can override them.
+    test_inner_steps: int = 10
+    test_inner_lr: float | None = None  # None: the training inner_lr
+
+
+def support_loss_fn(learner: "GradientLearner", support_x: Tensor, support_y: Tensor) -> SupportLoss:
+    """Cross-entropy on the support set as a function of the fast weights (with its logits)."""
+
+    def loss_fn(params: Params) -> tuple[Tensor, Tensor]:
+        logits = classify(params, support_x, learner.backbone)
+        return F.cross_entropy(logits, support_y), logits
+
+    return loss_fn
+
+
+def inner_loop(params: Params, loss_fn: SupportLoss, steps: int, lr: LearningRate, optimizer: InnerOptimizer,
+               create_graph: bool) -> Params:
+    """``steps`` optimizer steps on the support loss. With ``create_graph`` the result stays a
+    differentiable function of the starting ``params`` (second-order MAML)."""
+    problem = InnerProblem(loss_fn=lambda p: loss_fn(p)[0], create_graph=create_graph)
+    for _ in range(steps):
+        loss, _ = loss_fn(params)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+        params = optimizer.step(params, dict(zip(params, grads)), loss, lr, problem)
+    return params
+
+
+def straight_through(meta_params: Params, adapted: Params) -> Params:
+    """``adapted``'s values, with an identity Jacobian to ``meta_params``: a query loss on the result
+    back-propagates its gradient at the adapted weights straight onto the meta-parameters
+    (the first-order MAML approximation). Entries without a meta-parameter (the head) stay constant."""
+    return {
+        name: meta_params[name] + (value.detach() - meta_params[name].detach()) if name in meta_params else value.detach()
+        for name, value in adapted.items()
+    }
+
+
+class GradientLearner(Learner):
+    """Base for learners that adapt by gradient steps from meta-learned weights plus a zero head."""
+
+    config: GradientConfig
+    config_class = GradientConfig
+
+    def inner_lr(self, settings: AdaptSettings | None = None) -> LearningRate:
+        """Step size of the inner loop (Meta-SGD overrides this with learned per-weight rates)."""
+        if settings is not None and settings.lr is not None:
+            return settings.lr
+        if settings is not None and self.config.test_inner_lr is not None:
+            return self.config.test_inner_lr
+        return self.config.inner_lr
+
+    def initial_weights(self, meta_params: Params, ways: int) -> Params:
+        """Backbone from ``meta_params`` plus a fresh zero head for ``ways`` classes."""
+        head = {k: v.requires_grad_(True) for k, v in zero_head(ways, self.backbone, next(iter(meta_params.values()))).items()}
+        return {**meta_params, **head}
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:
+        settings = settings or AdaptSettings()
+        steps = self.config.test_inner_steps if settings.steps is None else settings.steps
+        lr = self.inner_lr(settings)
+        optimizer = make_inner_optimizer(settings.optimizer)
+        loss_fn = support_loss_fn(self, support_x, support_y)
+        problem = InnerProblem(loss_fn=lambda p: loss_fn(p)[0], create_graph=False)
+        watch = Stopwatch(self.device)
+        trace: list[StepRecord] = []
+        warning: str | None = None
+        with torch.enable_grad():
+            fast = self.initial_weights({k: v.detach().requires_grad_(True) for k, v in self.detached_params().items()}, ways)
+            kept = fast
+            for step in range(steps + 1):
+                loss, logits = loss_fn(fast)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    warning = (f"The inner loop diverged at step {step} (loss is {loss_value}); predictions use "
+                               f"the weights after step {step - 1}. Lower the learning rate or the number of steps.")
+                    break
+                kept = fast
+                trace.append(StepRecord(step, loss_value, accuracy(logits, support_y), watch.ms()))
+                if step == steps:
+                    break
+                grads = torch.autograd.grad(loss, list(fast.values()))
+                fast = optimizer.step(fast, dict(zip(fast, grads)), loss.detach(), lr, problem)
+                fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
+        if warning is None and len(trace) > 1 and trace[-1].loss > DIVERGENCE_FACTOR * max(trace[0].loss, 1e-3):
+            warning = (f"The inner loop is diverging: support loss rose from {trace[0].loss:.3g} to "
+                       f"{trace[-1].loss:.3g}. Lower the learning rate.")
+        final = {k: v.detach() for k, v in kept.items()}
+        backbone = self.backbone
+        num_support = support_x.shape[0]
+
+        def predict_logits(query_x: Tensor, transductive: bool) -> Tensor:
+            if transductive:
+                return classify(final, query_x, backbone)
+            return classify(final, torch.cat([support_x, query_x]), backbone, stats_count=num_support)[num_support:]
+
+        return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, warning=warning, adapt_ms=watch.ms())

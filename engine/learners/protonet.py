@@ -1,0 +1,76 @@
+"""Prototypical Networks (Snell, Swersky & Zemel 2017).
+
+Each class is the mean embedding (prototype) of its support examples; a query's logits are its
+negative squared Euclidean distances to the prototypes. No gradient steps at test time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.learners.base import (
+    AdaptSettings, Adapted, Learner, MetaLoss, StepRecord, Stopwatch, accuracy, mean_metrics, register_learner,
+)
+from engine.nets import Params, embed
+
+if TYPE_CHECKING:
+    from engine.data.tasks import Task
+
+
+def prototypes(support_embeddings: Tensor, support_y: Tensor, ways: int) -> Tensor:
+    """Mean embedding per class, [ways, dim]."""
+    one_hot = F.one_hot(support_y, ways).to(support_embeddings.dtype)
+    return (one_hot.T @ support_embeddings) / one_hot.sum(dim=0).unsqueeze(1)
+
+
+def prototype_logits(query_embeddings: Tensor, protos: Tensor) -> Tensor:
+    """Negative squared Euclidean distances [Q, ways]."""
+    return -torch.cdist(query_embeddings, protos).pow(2)
+
+
+@register_learner
+class ProtoNet(Learner):
+    name = "protonet"
+    has_inner_loop = False
+    # The paper trains on more ways than it tests (60-way episodes, 5 queries per class).
+    train_defaults = {"ways": 60, "queries": 5, "meta_batch": 1}
+
+    def episode_logits(self, params: Params, task: "Task") -> tuple[Tensor, Tensor]:
+        """Support and query logits of one episode; batch-norm statistics from the support set."""
+        num_support = task.support_x.shape[0]
+        features = embed(params, torch.cat([task.support_x, task.query_x]), self.backbone, stats_count=num_support)
+        protos = prototypes(features[:num_support], task.support_y, task.ways)
+        return prototype_logits(features[:num_support], protos), prototype_logits(features[num_support:], protos)
+
+    def meta_loss(self, tasks: Sequence["Task"]) -> MetaLoss:
+        losses, accuracies = [], []
+        for task in tasks:
+            _, logits = self.episode_logits(self.params, task)
+            losses.append(F.cross_entropy(logits, task.query_y))
+            accuracies.append(accuracy(logits, task.query_y))
+        query_loss, query_accuracy = mean_metrics(losses, accuracies)
+        return MetaLoss(loss=torch.stack(losses).mean(), query_loss=query_loss, query_accuracy=query_accuracy)
+
+    @torch.no_grad()
+    def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:
+        watch = Stopwatch(self.device)
+        params = self.detached_params()
+        backbone = self.backbone
+        support_features = embed(params, support_x, backbone)
+        protos = prototypes(support_features, support_y, ways)
+        support_logits = prototype_logits(support_features, protos)
+        trace = [StepRecord(0, F.cross_entropy(support_logits, support_y).item(), accuracy(support_logits, support_y), watch.ms())]
+        num_support = support_x.shape[0]
+
+        def predict_logits(query_x: Tensor, transductive: bool) -> Tensor:
+            if transductive:
+                return prototype_logits(embed(params, query_x, backbone), protos)
+            features = embed(params, torch.cat([support_x, query_x]), backbone, stats_count=num_support)
+            return prototype_logits(features[num_support:], protos)
+
+        return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, adapt_ms=watch.ms())

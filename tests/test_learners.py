@@ -1,0 +1,220 @@
+"""The maths of each algorithm, pinned on tiny models and synthetic tasks (no dataset needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.data.tasks import Task
+from engine.learners import LEARNERS, AdaptSettings, Learner, get_learner_class
+from engine.learners.gradient import GradientConfig, support_loss_fn
+from engine.learners.maml import query_logits
+from engine.learners.protonet import prototype_logits, prototypes
+from engine.learners.reptile import ReptileConfig
+from engine.nets import BackboneConfig, classify, embed, zero_head
+from engine.optim import INNER_OPTIMIZERS, make_inner_optimizer
+
+TINY = BackboneConfig(channels=4)
+
+
+def synthetic_task(ways: int, shots: int, queries: int, generator: torch.Generator,
+                   dtype: torch.dtype = torch.float32) -> Task:
+    """Class-dependent blobs, so there is something to learn."""
+    centres = torch.rand(ways, 1, 28, 28, generator=generator, dtype=dtype)
+
+    def draw(count: int) -> torch.Tensor:
+        noise = 0.3 * torch.rand(ways * count, 1, 28, 28, generator=generator, dtype=dtype)
+        return centres.repeat_interleave(count, dim=0) + noise
+
+    labels = lambda count: torch.arange(ways).repeat_interleave(count)  # noqa: E731
+    return Task(support_x=draw(shots), support_y=labels(shots), query_x=draw(queries), query_y=labels(queries),
+                ways=ways, shots=shots, class_names=tuple(f"class{i}" for i in range(ways)))
+
+
+def tasks(count: int, ways: int = 3, shots: int = 2, queries: int = 2, seed: int = 0,
+          dtype: torch.dtype = torch.float32) -> list[Task]:
+    generator = torch.Generator().manual_seed(seed)
+    return [synthetic_task(ways, shots, queries, generator, dtype) for _ in range(count)]
+
+
+def make(name: str, backbone: BackboneConfig = TINY, **config: object) -> Learner:
+    cls = get_learner_class(name)
+    return cls(config=cls.config_class(**config), backbone=backbone, seed=0)
+
+
+def to_double(learner: Learner) -> Learner:
+    learner.params = {k: v.detach().double().requires_grad_(True) for k, v in learner.params.items()}
+    return learner
+
+
+def meta_gradient(learner: Learner, batch: list[Task]) -> dict[str, torch.Tensor]:
+    for p in learner.params.values():
+        p.grad = None
+    learner.meta_loss(batch).loss.backward()
+    return {k: v.grad.detach().clone() for k, v in learner.params.items()}
+
+
+def all_learners() -> list[str]:
+    return sorted(LEARNERS)
+
+
+def test_registry_has_the_foundation_algorithms() -> None:
+    assert {"maml", "fomaml", "reptile", "protonet"} <= set(LEARNERS)
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        get_learner_class("nope")
+    assert "sgd" in INNER_OPTIMIZERS
+    with pytest.raises(ValueError, match="unknown inner optimizer"):
+        make_inner_optimizer("nope")
+
+
+def test_maml_meta_gradient_matches_finite_differences() -> None:
+    learner = to_double(make("maml", inner_steps=2, inner_lr=0.5))
+    batch = tasks(2, dtype=torch.float64)
+    grads = meta_gradient(learner, batch)
+    generator = torch.Generator().manual_seed(1)
+    eps = 1e-6
+    for name in ["conv0.weight", "conv3.weight", "bn1.weight", "bn3.bias"]:
+        direction = torch.randn(learner.params[name].shape, generator=generator, dtype=torch.float64)
+        base = learner.params[name].detach().clone()
+        values = []
+        for sign in (1, -1):
+            learner.params[name] = (base + sign * eps * direction).requires_grad_(True)
+            values.append(learner.meta_loss(batch).loss.item())
+        learner.params[name] = base.requires_grad_(True)
+        numeric = (values[0] - values[1]) / (2 * eps)
+        analytic = (grads[name] * direction).sum().item()
+        assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8), name
+
+
+def test_first_order_maml_is_the_query_gradient_at_the_adapted_weights() -> None:
+    batch = tasks(3, dtype=torch.float64)
+    second = meta_gradient(to_double(make("maml", inner_steps=2)), batch)
+    fomaml = to_double(make("fomaml", inner_steps=2))
+    first = meta_gradient(fomaml, batch)
+    # Reference: adapt by hand, then differentiate the query loss at the adapted weights only.
+    expected = {k: torch.zeros_like(v) for k, v in fomaml.params.items()}
+    for task in batch:
+        fast = {k: v.detach().clone().requires_grad_(True) for k, v in fomaml.params.items()}
+        fast.update({k: v.requires_grad_(True) for k, v in zero_head(task.ways, TINY, task.support_x).items()})
+        loss_fn = support_loss_fn(fomaml, task.support_x, task.support_y)
+        for _ in range(2):
+            loss, _ = loss_fn(fast)
+            g = torch.autograd.grad(loss, list(fast.values()))
+            fast = {k: (v - 0.4 * gi).detach().requires_grad_(True) for (k, v), gi in zip(fast.items(), g)}
+        query_loss = F.cross_entropy(query_logits(fomaml, fast, task), task.query_y) / len(batch)
+        g = torch.autograd.grad(query_loss, [fast[k] for k in expected])
+        for k, gi in zip(expected, g):
+            expected[k] += gi
+    for k in expected:
+        torch.testing.assert_close(first[k], expected[k])
+    differences = [(second[k] - first[k]).norm() / second[k].norm() for k in first if second[k].norm() > 0]
+    assert max(differences) > 1e-3  # second-order terms are really there
+
+
+def test_reptile_update_is_interpolation_toward_adapted_weights() -> None:
+    epsilon = 0.3
+    learner = make("reptile", meta_lr=epsilon, meta_lr_final=None, inner_steps=3, inner_lr=0.1)
+    batch = tasks(4)
+    theta = {k: v.detach().clone() for k, v in learner.params.items()}
+    adapted_mean = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for task in batch:
+        adapted = learner.adapt(task.support_x, task.support_y, task.ways, AdaptSettings(steps=3, lr=0.1))
+        assert adapted.warning is None
+    # Reference inner loop, written independently of the learner's.
+    for task in batch:
+        fast = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
+        fast.update({k: v.requires_grad_(True) for k, v in zero_head(task.ways, TINY, task.support_x).items()})
+        for _ in range(3):
+            loss = F.cross_entropy(classify(fast, task.support_x, TINY), task.support_y)
+            g = torch.autograd.grad(loss, list(fast.values()))
+            fast = {k: (v - 0.1 * gi).detach().requires_grad_(True) for (k, v), gi in zip(fast.items(), g)}
+        for k in adapted_mean:
+            adapted_mean[k] += fast[k].detach() / len(batch)
+    optimizer = learner.meta_optimizer()
+    optimizer.zero_grad()
+    learner.meta_loss(batch).loss.backward()
+    optimizer.step()
+    for k, value in learner.params.items():
+        torch.testing.assert_close(value.detach(), theta[k] + epsilon * (adapted_mean[k] - theta[k]))
+
+
+def test_protonet_logits_are_negative_squared_distances_to_prototypes() -> None:
+    learner = make("protonet")
+    task = tasks(1, ways=4, shots=3, queries=2)[0]
+    support_logits, query_logits_ = learner.episode_logits(learner.detached_params(), task)
+    features = embed(learner.detached_params(), torch.cat([task.support_x, task.query_x]), TINY,
+                     stats_count=task.support_x.shape[0])
+    support_features, query_features = features[:12], features[12:]
+    protos = torch.stack([support_features[task.support_y == c].mean(0) for c in range(4)])
+    manual = -((query_features[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
+    torch.testing.assert_close(query_logits_, manual, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(prototypes(support_features, task.support_y, 4), protos)
+    torch.testing.assert_close(prototype_logits(query_features, protos), manual, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", all_learners())
+def test_adaptation_and_meta_loss_leave_meta_parameters_bit_identical(name: str) -> None:
+    learner = make(name)
+    before = {k: v.detach().clone() for k, v in learner.params.items()}
+    task = tasks(1)[0]
+    learner.adapt(task.support_x, task.support_y, task.ways).predict_proba(task.query_x)
+    learner.meta_loss(tasks(2))  # computing (not applying) a meta-gradient must not write either
+    for k, v in learner.params.items():
+        assert torch.equal(v.detach(), before[k]), k
+        assert v.is_leaf and v.requires_grad
+
+
+@pytest.mark.parametrize("name", all_learners())
+@pytest.mark.parametrize(("ways", "shots"), [(2, 1), (5, 5), (20, 10)])
+def test_any_ways_and_shots_from_one_checkpoint(name: str, ways: int, shots: int) -> None:
+    learner = make(name)
+    task = tasks(1, ways=ways, shots=shots, queries=1)[0]
+    adapted = learner.adapt(task.support_x, task.support_y, ways, AdaptSettings(steps=2))
+    probabilities = adapted.predict_proba(task.query_x)
+    assert probabilities.shape == (ways, ways)
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(ways))
+    assert adapted.trace and adapted.trace[0].step == 0
+    assert all(record.elapsed_ms >= 0 for record in adapted.trace)
+    if learner.has_inner_loop:
+        assert [r.step for r in adapted.trace] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", all_learners())
+def test_one_query_is_predicted_as_in_a_batch(name: str) -> None:
+    """Support-set batch-norm statistics: a query's prediction does not depend on the others."""
+    learner = make(name)
+    task = tasks(1, ways=3, shots=2, queries=3)[0]
+    adapted = learner.adapt(task.support_x, task.support_y, 3, AdaptSettings(steps=3))
+    together = adapted.predict_proba(task.query_x)
+    for index in range(task.query_x.shape[0]):
+        alone = adapted.predict_proba(task.query_x[index:index + 1])
+        torch.testing.assert_close(alone[0], together[index], rtol=1e-4, atol=1e-5)
+        assert alone.max() < 1.0 or together[index].max() == 1.0
+    # Transductive statistics are a different, batch-dependent prediction.
+    assert not torch.allclose(adapted.predict_proba(task.query_x, transductive=True), together)
+
+
+def test_gradient_adaptation_reduces_support_loss() -> None:
+    learner = make("maml", backbone=BackboneConfig(channels=8))
+    task = tasks(1, ways=5, shots=1)[0]
+    adapted = learner.adapt(task.support_x, task.support_y, 5, AdaptSettings(steps=10, lr=0.4))
+    losses = [record.loss for record in adapted.trace]
+    assert losses[-1] < 0.5 * losses[0]
+    assert adapted.trace[-1].accuracy == 1.0
+
+
+@pytest.mark.parametrize("lr", [1e4, 1e30])
+def test_diverging_inner_loop_gives_a_warning_and_finite_predictions(lr: float) -> None:
+    learner = make("maml")
+    task = tasks(1, ways=5, shots=1)[0]
+    adapted = learner.adapt(task.support_x, task.support_y, 5, AdaptSettings(steps=10, lr=lr))
+    assert adapted.warning is not None and "learning rate" in adapted.warning
+    assert torch.isfinite(adapted.predict_proba(task.query_x)).all()
+    assert all(torch.isfinite(torch.tensor(r.loss)) for r in adapted.trace)
+
+
+def test_config_classes() -> None:
+    assert isinstance(make("maml").config, GradientConfig)
+    assert isinstance(make("reptile").config, ReptileConfig)
+    assert make("reptile").config.meta_optimizer == "sgd"
