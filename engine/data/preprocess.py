@@ -9,9 +9,11 @@ size and position), so :func:`preprocess_image` normalises all of them:
 1. decode safely (size checked *before* the raster is decoded), EXIF-rotate,
    shrink to at most ``WORK_MAX_SIDE`` pixels;
 2. compute an "ink signal" in [0, 1]: alpha when strokes live in the alpha channel,
-   otherwise colour divided by a local background estimate (removes uneven lighting),
-   with the polarity chosen so the ink is the minority;
-3. threshold (Otsu), drop specks, crop to the ink;
+   otherwise colour divided by a local paper estimate (a grey-level closing a few
+   strokes wide: removes gradients and shadows), with the polarity chosen so the ink
+   is the minority;
+3. threshold (Otsu), drop specks (and, in photos, whatever touches the image edge),
+   crop to the ink;
 4. thin the strokes to a 1-px skeleton and re-draw it with Omniglot's pen into a
    105x105 frame at Omniglot's typical size and position;
 5. resize with the very same :func:`omniglot_to_28` used for the training data.
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -57,6 +58,8 @@ SPECK_AREA_FRACTION = 2e-5
 
 _MIN_BACKGROUND = 0.2
 """Background levels below this are treated as this when normalising contrast."""
+_NOISE_LEVEL = 0.004
+"""Background noise above this (about 1/255) marks a photo/scan rather than a canvas."""
 _MAX_INK_FRACTION = 0.5
 """Ink is the minority: a mask covering more than this means the separation failed."""
 _BG_SIDE = 64
@@ -64,6 +67,11 @@ _BG_SIDE = 64
 _THIN_STROKE_PX = 4.0
 """Strokes are resampled to about this width before thinning (fast and robust)."""
 _THIN_MIN_SIDE, _THIN_MAX_SIDE = 134, 512
+"""Range of the crop's longer side while thinning: enough detail, bounded cost."""
+_BLOB_WIDTH_RATIO = 0.33
+"""Ink whose stroke width (2A/P) is this fraction of its extent is a dot (disk: 0.39, dash: 0.25)."""
+_MAX_BLOB_GROWTH = 1.5
+"""The redrawn character may exceed ``TARGET_MAX_SIDE`` / (input ink extent) by at most this."""
 
 
 class ImagePreprocessError(ValueError):
@@ -98,10 +106,8 @@ def _check_size(width: int, height: int) -> None:
 def _open_bytes(data: bytes) -> Image.Image:
     """Lazily open encoded bytes; only the header is read, so the size check is cheap."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        im = Image.open(io.BytesIO(data))  # header only; Pillow refuses > 2x MAX_IMAGE_PIXELS here
+    except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(
             f"The image is too large; please use one under {MAX_PIXELS // 1_000_000} megapixels."
         ) from exc
@@ -117,10 +123,8 @@ def _load_pil(im: Image.Image) -> Image.Image:
     """Force decoding (errors become user-facing) and apply EXIF orientation."""
     _check_size(*im.size)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        im.load()
+    except Image.DecompressionBombError as exc:
         raise ImageTooLargeError("The image is too large.") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise UnreadableImageError("The image is truncated or corrupt.") from exc
@@ -217,7 +221,9 @@ def _box_reduce(channel: np.ndarray, factor: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32)).reduce(factor))
 
 
-def load_image_arrays(image: Image.Image | bytes | bytearray | memoryview | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def load_image_arrays(
+    image: Image.Image | bytes | bytearray | memoryview | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Any supported input -> (colour/grey channels [H, W, C], alpha [H, W] or None) in [0, 1]."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _pil_to_arrays(_load_pil(_open_bytes(bytes(image))))
@@ -286,28 +292,116 @@ def _composite(channels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return channels * a + fill.astype(np.float32) * (1.0 - a)
 
 
-def ink_signal(channels: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
-    """Per-pixel ink strength in [0, 1]: 0 = background, 1 = full-contrast ink.
+def _running_max(a: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """Max over a centred window of odd length ``k`` along ``axis`` (van Herk / Gil-Werman, O(1)/px)."""
+    if k <= 1:
+        return a
+    # filtered axis first, so each accumulate step is one long vectorised row operation
+    moved = np.ascontiguousarray(np.moveaxis(a, axis, 0))
+    n, r = moved.shape[0], k // 2
+    total = -(-(n + k - 1) // k) * k
+    widths = [(r, total - n - r)] + [(0, 0)] * (moved.ndim - 1)
+    padded = np.pad(moved, widths, mode="edge")
+    blocks = padded.reshape(total // k, k, *padded.shape[1:])
+    prefix = np.maximum.accumulate(blocks, axis=1).reshape(padded.shape)
+    suffix = np.maximum.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].reshape(padded.shape)
+    out = np.maximum(suffix[:n], prefix[k - 1 : k - 1 + n])
+    return np.moveaxis(out, 0, axis)
 
-    Colour images are divided by a local background estimate (90th percentile over a
-    wide window) so shadows and gradients in photos become flat paper; the channel
-    with the strongest contrast wins, so yellow-on-white or red-on-black still work.
+
+def closing(image: np.ndarray, k: int) -> np.ndarray:
+    """Grey-level closing with a k x k square: removes dark features narrower than k.
+
+    Used as the paper estimate: ink strokes vanish, while large dark regions (a hard
+    shadow, the table around the sheet) are kept, so they do not turn into "ink".
     """
+    dilated = _running_max(_running_max(image, k, 0), k, 1)
+    return -_running_max(_running_max(-dilated, k, 0), k, 1)
+
+
+def _smooth3(image: np.ndarray) -> np.ndarray:
+    """3x3 mean (edge-padded), to keep sensor/JPEG noise out of the background estimate."""
+    p = np.pad(image, 1, mode="edge")
+    rows = (p[:-2] + p[1:-1] + p[2:]) / 3.0
+    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 3.0
+
+
+def _wide_background(channel: np.ndarray) -> np.ndarray:
+    """Smooth paper estimate: 90th percentile over ~23% of the image (first pass)."""
+    return _upsample(_rank_filter(_low_res(channel), 0.9), channel.shape)
+
+
+def _contrast(work: np.ndarray, backgrounds: list[np.ndarray]) -> np.ndarray:
+    """Max over channels of (paper - pixel) / paper, clipped to [0, 1] (dark-ink form)."""
+    signal = np.zeros(work.shape[:2], dtype=np.float32)
+    for c, bg in enumerate(backgrounds):
+        # the floor stops a channel that is ~0 everywhere (green in pure red) from
+        # turning noise into "ink"
+        sig = (bg - work[..., c]) / np.maximum(bg, _MIN_BACKGROUND)
+        np.maximum(signal, np.clip(sig, 0.0, 1.0), out=signal)
+    return signal
+
+
+def typical_stroke_width(mask: np.ndarray) -> float | None:
+    """Median horizontal/vertical run length of ink not touching the image border.
+
+    Border-touching components (shadows, the table around a sheet) are ignored when
+    possible; None when there is no ink at all.
+    """
+    (rows, starts, ends), roots = label_runs(mask)
+    if len(rows) == 0:
+        return None
+    h, w = mask.shape
+    touches = (rows == 0) | (rows == h - 1) | (starts == 0) | (ends == w)
+    on_border = np.bincount(roots, weights=touches, minlength=len(rows))[roots] > 0
+    if not on_border.all():
+        rows, starts, ends = rows[~on_border], starts[~on_border], ends[~on_border]
+    inner = _paint_runs(mask.shape, rows, starts, ends)
+    _, v_starts, v_ends = _runs(inner.T)
+    lengths = np.concatenate([ends - starts, v_ends - v_starts])
+    return float(np.median(lengths))
+
+
+def _noise_level(signal: np.ndarray, threshold: float) -> float:
+    """Median |pixel - 3x3 mean| over the background: 0 for canvases, > 0 for photos/scans."""
+    paper = signal < threshold
+    if not paper.any():
+        return 0.0
+    return float(np.median(np.abs(signal - _smooth3(signal))[paper]))
+
+
+def _ink_signal(channels: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray, bool]:
+    """(ink signal, whether the image is noisy, i.e. a photo or scan rather than a canvas)."""
     if _alpha_holds_ink(alpha):
-        return np.clip(alpha, 0.0, 1.0).astype(np.float32)
+        return np.clip(alpha, 0.0, 1.0).astype(np.float32), False
     if alpha is not None and alpha.min() < 0.5:
         channels = _composite(channels, alpha)
     dark = _ink_is_dark(channels.mean(axis=-1))
     work = channels if dark else 1.0 - channels
-    signal = np.zeros(work.shape[:2], dtype=np.float32)
-    for c in range(work.shape[-1]):
-        ch = work[..., c]
-        bg = _upsample(_rank_filter(_low_res(ch), 0.9), ch.shape)
-        # contrast relative to the local paper level; the floor stops a channel that is
-        # ~0 everywhere (e.g. green in pure red) from turning noise into "ink"
-        sig = (bg - ch) / np.maximum(bg, _MIN_BACKGROUND)
-        np.maximum(signal, np.clip(sig, 0.0, 1.0), out=signal)
-    return signal
+    n_ch = work.shape[-1]
+    rough = _contrast(work, [_wide_background(work[..., c]) for c in range(n_ch)])
+    if float(rough.max()) < MIN_CONTRAST:
+        return rough, False
+    threshold = max(otsu_threshold(rough), MIN_THRESHOLD)
+    noisy = _noise_level(rough, threshold) > _NOISE_LEVEL
+    width = typical_stroke_width(rough > threshold)
+    if width is None:
+        return rough, noisy
+    k = 2 * int(round(1.5 * width)) + 3  # odd, about 3 stroke widths
+    return _contrast(work, [closing(_smooth3(work[..., c]), k) for c in range(n_ch)]), noisy
+
+
+def ink_signal(channels: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """Per-pixel ink strength in [0, 1]: 0 = background, 1 = full-contrast ink.
+
+    Strokes on a transparent canvas come straight from alpha. Otherwise colour is
+    divided by a paper estimate (removes gradients, vignetting and shadows in photos):
+    a first pass with a wide percentile filter measures the stroke width, then a
+    grey-level closing a few strokes wide gives a paper estimate that follows shadow
+    edges. The channel with the strongest contrast wins, so yellow-on-white or
+    red-on-black still work.
+    """
+    return _ink_signal(channels, alpha)[0]
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -338,8 +432,8 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts[:, 0], starts[:, 1], ends[:, 1]
 
 
-def component_areas(mask: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """8-connected components via run-length union-find: (runs, area of each run's component)."""
+def label_runs(mask: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """8-connected components via run-length union-find: (runs, component root of each run)."""
     rows, starts, ends = _runs(mask)
     n = len(rows)
     parent = list(range(n))
@@ -364,9 +458,7 @@ def component_areas(mask: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray, np.
             else:
                 b += 1
     roots = np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)
-    lengths = ends - starts
-    areas = np.bincount(roots, weights=lengths, minlength=n)[roots] if n else np.zeros(0)
-    return (rows, starts, ends), areas
+    return (rows, starts, ends), roots
 
 
 def _paint_runs(shape: tuple[int, int], rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -378,8 +470,21 @@ def _paint_runs(shape: tuple[int, int], rows: np.ndarray, starts: np.ndarray, en
 
 def remove_specks(mask: np.ndarray, min_area: float) -> np.ndarray:
     """Drop 8-connected components smaller than ``min_area`` pixels."""
-    (rows, starts, ends), areas = component_areas(mask)
+    (rows, starts, ends), roots = label_runs(mask)
+    areas = np.bincount(roots, weights=ends - starts, minlength=len(rows))[roots]
     keep = areas >= min_area
+    return _paint_runs(mask.shape, rows[keep], starts[keep], ends[keep])
+
+
+def drop_border_components(mask: np.ndarray) -> np.ndarray:
+    """Remove components touching the image border, unless that would remove all ink."""
+    (rows, starts, ends), roots = label_runs(mask)
+    h, w = mask.shape
+    touches = (rows == 0) | (rows == h - 1) | (starts == 0) | (ends == w)
+    on_border = np.bincount(roots, weights=touches, minlength=len(rows))[roots] > 0
+    if on_border.all():
+        return mask
+    keep = ~on_border
     return _paint_runs(mask.shape, rows[keep], starts[keep], ends[keep])
 
 
@@ -466,8 +571,11 @@ def render_frame(mask: np.ndarray) -> np.ndarray:
     crop = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     side = max(crop.shape)
     width = max(stroke_width(crop), 1.0)
+    if width >= _BLOB_WIDTH_RATIO * side:  # one compact blob, i.e. a dot: Omniglot draws a pen dot
+        return _stamp(np.rint(np.array([TARGET_CENTRE])).astype(np.int64))
     scale = min(max(_THIN_STROKE_PX / width, _THIN_MIN_SIDE / side), _THIN_MAX_SIDE / side)
-    work = np.pad(_resample_mask(crop, scale), 2)
+    resampled = _resample_mask(crop, scale)
+    work = np.pad(resampled, 2)
     skel = thin(work)
     if not skel.any():
         skel = work
@@ -475,13 +583,19 @@ def render_frame(mask: np.ndarray) -> np.ndarray:
     extent = float(max(sy.max() - sy.min(), sx.max() - sx.min()))
     pen_extent = 2 * math.floor(PEN_RADIUS)
     factor = (TARGET_MAX_SIDE - 1 - pen_extent) / extent if extent > 0 else 1.0
+    # blobs (a dot, a filled shape) thin to a few pixels: do not blow those up to full size
+    factor = min(factor, _MAX_BLOB_GROWTH * TARGET_MAX_SIDE / max(resampled.shape))
     pts = _skeleton_points(skel, step_px=0.5 / factor)
     centre = np.array([(sy.min() + sy.max()) / 2.0, (sx.min() + sx.max()) / 2.0])
     frame_pts = np.rint((pts - centre) * factor + np.array(TARGET_CENTRE)).astype(np.int64)
-    frame_pts = np.unique(frame_pts, axis=0)
+    return _stamp(np.unique(frame_pts, axis=0))
+
+
+def _stamp(points: np.ndarray) -> np.ndarray:
+    """Draw Omniglot's round pen at integer (row, col) points of a 105x105 frame."""
     frame = np.zeros((FRAME, FRAME), dtype=bool)
     for dy, dx in _pen_offsets():
-        py, px = frame_pts[:, 0] + dy, frame_pts[:, 1] + dx
+        py, px = points[:, 0] + dy, points[:, 1] + dx
         ok = (py >= 0) & (py < FRAME) & (px >= 0) & (px < FRAME)
         frame[py[ok], px[ok]] = True
     return frame
@@ -493,7 +607,7 @@ def render_frame(mask: np.ndarray) -> np.ndarray:
 def ink_mask(image: Image.Image | bytes | np.ndarray) -> np.ndarray:
     """Boolean ink mask at working resolution, specks removed; raises the user-facing errors."""
     channels, alpha = load_image_arrays(image)
-    signal = ink_signal(channels, alpha)
+    signal, noisy = _ink_signal(channels, alpha)
     if signal.size == 0 or float(signal.max()) < MIN_CONTRAST:
         raise NoInkError("No drawing found: the image looks blank.")
     threshold = max(otsu_threshold(signal), MIN_THRESHOLD)
@@ -503,6 +617,8 @@ def ink_mask(image: Image.Image | bytes | np.ndarray) -> np.ndarray:
     h, w = mask.shape
     min_area = max(3.0, SPECK_AREA_FRACTION * h * w, 0.25 * stroke_width(mask) ** 2)
     mask = remove_specks(mask, min_area)
+    if noisy:  # photos: things touching the edge are the table, shadows, paper edges
+        mask = drop_border_components(mask)
     if int(mask.sum()) < max(MIN_INK_PIXELS, 1e-4 * h * w):
         raise NoInkError("No drawing found: only a few specks of ink.")
     return mask
