@@ -18,12 +18,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from engine.nets import BackboneConfig, Params, init_backbone
+from engine.registry import Registry
 
 if TYPE_CHECKING:
     from engine.data.tasks import Task
@@ -152,24 +153,10 @@ class Learner(ABC):
                 "backbone": dataclasses.asdict(self.backbone)}
 
 
-LEARNERS: dict[str, type[Learner]] = {}
-
-LearnerClass = TypeVar("LearnerClass", bound=type[Learner])
-
-
-def register_learner(cls: LearnerClass) -> LearnerClass:
-    """Class decorator: make ``cls`` available by ``cls.name`` to training, evaluation and the app."""
-    if cls.name in LEARNERS:
-        raise ValueError(f"learner {cls.name!r} registered twice")
-    LEARNERS[cls.name] = cls
-    return cls
-
-
-def get_learner_class(name: str) -> type[Learner]:
-    try:
-        return LEARNERS[name]
-    except KeyError:
-        raise ValueError(f"unknown algorithm {name!r}; choose from {sorted(LEARNERS)}") from None
+LEARNERS: Registry[type[Learner]] = Registry("algorithm")
+# Class decorator: makes a learner available by its name to training, evaluation, benchmarks and the app.
+register_learner = LEARNERS.register
+get_learner_class = LEARNERS.lookup
 
 
 class Stopwatch:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from torch import Tensor
 
 from engine.nets import Params
+from engine.registry import Registry
 
 # One step size for every tensor, or one per parameter entry (Meta-SGD learns a tensor per weight).
 LearningRate = float | Params
@@ -35,24 +36,14 @@ class InnerOptimizer(ABC):
         """Return new fast weights; never modify ``params`` in place (they may be meta-parameters)."""
 
 
-INNER_OPTIMIZERS: dict[str, type[InnerOptimizer]] = {}
-
-OptimizerClass = TypeVar("OptimizerClass", bound=type[InnerOptimizer])
-
-
-def register_inner_optimizer(cls: OptimizerClass) -> OptimizerClass:
-    """Class decorator: make ``cls`` selectable by ``cls.name``."""
-    if cls.name in INNER_OPTIMIZERS:
-        raise ValueError(f"inner optimizer {cls.name!r} registered twice")
-    INNER_OPTIMIZERS[cls.name] = cls
-    return cls
+INNER_OPTIMIZERS: Registry[type[InnerOptimizer]] = Registry("inner optimizer")
+# Class decorator: makes an optimizer selectable by its name.
+register_inner_optimizer = INNER_OPTIMIZERS.register
 
 
 def make_inner_optimizer(name: str) -> InnerOptimizer:
-    try:
-        return INNER_OPTIMIZERS[name]()
-    except KeyError:
-        raise ValueError(f"unknown inner optimizer {name!r}; choose from {sorted(INNER_OPTIMIZERS)}") from None
+    """A fresh optimizer for one inner loop."""
+    return INNER_OPTIMIZERS.lookup(name)()
 
 
 def step_size(lr: LearningRate, name: str) -> float | Tensor:
