@@ -43,10 +43,10 @@ def score(accuracies: Sequence[float]) -> Score:
 
 
 def task_accuracies(learner: Learner, tasks: Iterable[Task], settings: AdaptSettings | None = None,
-                    transductive: bool = False, progress: bool = False) -> list[float]:
+                    transductive: bool = False, progress: bool = False, total: int | None = None) -> list[float]:
     """Query accuracy of ``learner`` adapted to each task in turn."""
     accuracies = []
-    for task in tqdm(tasks, disable=not progress, desc="evaluating", unit="task", leave=False):
+    for task in tqdm(tasks, total=total, disable=not progress, desc="evaluating", unit="task", leave=False):
         task = task.to(learner.device)
         adapted = learner.adapt(task.support_x, task.support_y, task.ways, settings)
         probabilities = adapted.predict_proba(task.query_x, transductive=transductive)
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = AdaptSettings(steps=args.inner_steps, lr=args.inner_lr, optimizer=args.optimizer)
     # A generator, not a list: 600 tasks of 20-way 5-shot would hold ~1 GB of images at once.
     tasks = itertools.islice(task_stream(chars, args.ways, args.shots, args.queries, args.seed), args.tasks)
-    result = score(task_accuracies(learner, tasks, settings, args.transductive, progress=True))
+    result = score(task_accuracies(learner, tasks, settings, args.transductive, progress=True, total=args.tasks))
     steps = test_inner_steps(learner, settings)
     bn = "query-batch statistics (transductive)" if args.transductive else "support-set statistics"
     print(f"{learner.name} {args.ways}-way {args.shots}-shot: {100 * result.accuracy:.2f}% "

@@ -7,7 +7,6 @@ MAML and Reptile differ only there.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +16,6 @@ from torch import Tensor
 from engine.learners.base import AdaptSettings, Adapted, Learner, LearnerConfig, StepRecord, Stopwatch, accuracy
 from engine.nets import Params, classify, zero_head
 from engine.optim import InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
-
-SupportLoss = Callable[[Params], tuple[Tensor, Tensor]]
 
 # A final support loss this many times the initial one counts as divergence worth a warning.
 DIVERGENCE_FACTOR = 4.0
@@ -33,24 +30,12 @@ class GradientConfig(LearnerConfig):
     test_inner_lr: float | None = None  # None: the training inner_lr
 
 
-def support_loss_fn(learner: "GradientLearner", support_x: Tensor, support_y: Tensor) -> SupportLoss:
-    """Cross-entropy on the support set as a function of the fast weights (with its logits)."""
-
-    def loss_fn(params: Params) -> tuple[Tensor, Tensor]:
-        logits = classify(params, support_x, learner.backbone)
-        return F.cross_entropy(logits, support_y), logits
-
-    return loss_fn
-
-
-def inner_loop(params: Params, loss_fn: SupportLoss, steps: int, lr: LearningRate, optimizer: InnerOptimizer,
-               create_graph: bool) -> Params:
-    """``steps`` optimizer steps on the support loss. With ``create_graph`` the result stays a
-    differentiable function of the starting ``params`` (second-order MAML)."""
-    problem = InnerProblem(loss_fn=lambda p: loss_fn(p)[0], create_graph=create_graph)
+def inner_loop(params: Params, problem: InnerProblem, steps: int, lr: LearningRate, optimizer: InnerOptimizer) -> Params:
+    """``steps`` optimizer steps on the support loss. With ``problem.create_graph`` the result stays
+    a differentiable function of the starting ``params`` (second-order MAML)."""
     for _ in range(steps):
-        loss, _ = loss_fn(params)
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+        loss = problem.loss(params)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=problem.create_graph)
         params = optimizer.step(params, dict(zip(params, grads)), loss, lr, problem)
     return params
 
@@ -89,8 +74,7 @@ class GradientLearner(Learner):
         steps = self.config.test_inner_steps if settings.steps is None else settings.steps
         lr = self.inner_lr(settings)
         optimizer = make_inner_optimizer(settings.optimizer)
-        loss_fn = support_loss_fn(self, support_x, support_y)
-        problem = InnerProblem(loss_fn=lambda p: loss_fn(p)[0], create_graph=False)
+        problem = InnerProblem(support_x, support_y, self.backbone)
         watch = Stopwatch(self.device)
         trace: list[StepRecord] = []
         warning: str | None = None
@@ -98,7 +82,8 @@ class GradientLearner(Learner):
             fast = self.initial_weights({k: v.detach().requires_grad_(True) for k, v in self.detached_params().items()}, ways)
             kept = fast
             for step in range(steps + 1):
-                loss, logits = loss_fn(fast)
+                logits = problem.logits(fast)
+                loss = F.cross_entropy(logits, support_y)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     warning = (f"The inner loop diverged at step {step} (loss is {loss_value}); predictions use "

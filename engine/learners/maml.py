@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.learners.base import MetaLoss, accuracy, mean_metrics, register_learner
-from engine.learners.gradient import GradientLearner, inner_loop, straight_through, support_loss_fn
+from engine.learners.gradient import GradientLearner, inner_loop, straight_through
 from engine.nets import Params, classify
-from engine.optim import make_inner_optimizer
+from engine.optim import InnerProblem, make_inner_optimizer
 
 if TYPE_CHECKING:
     from engine.data.tasks import Task
@@ -40,13 +40,14 @@ class MAML(GradientLearner):
 
     def adapted_weights(self, task: "Task") -> Params:
         """The task's fast weights as a differentiable function of ``self.params``."""
-        loss_fn = support_loss_fn(self, task.support_x, task.support_y)
         optimizer = make_inner_optimizer("sgd")
         if not self.first_order:
+            problem = InnerProblem(task.support_x, task.support_y, self.backbone, create_graph=True)
             start = self.initial_weights(self.params, task.ways)
-            return inner_loop(start, loss_fn, self.config.inner_steps, self.inner_lr(), optimizer, create_graph=True)
+            return inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer)
+        problem = InnerProblem(task.support_x, task.support_y, self.backbone)
         start = self.initial_weights({k: v.requires_grad_(True) for k, v in self.detached_params().items()}, task.ways)
-        adapted = inner_loop(start, loss_fn, self.config.inner_steps, self.inner_lr(), optimizer, create_graph=False)
+        adapted = inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer)
         return straight_through(self.params, adapted)
 
     def meta_loss(self, tasks: Sequence["Task"]) -> MetaLoss:

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.learners.base import MetaLoss, accuracy, mean_metrics, register_learner
-from engine.learners.gradient import GradientConfig, GradientLearner, inner_loop, support_loss_fn
+from engine.learners.gradient import GradientConfig, GradientLearner, inner_loop
 from engine.learners.maml import query_logits
 from engine.nets import Params
-from engine.optim import make_inner_optimizer
+from engine.optim import InnerProblem, make_inner_optimizer
 
 if TYPE_CHECKING:
     from engine.data.tasks import Task
@@ -53,8 +53,8 @@ class Reptile(GradientLearner):
         optimizer = make_inner_optimizer("sgd")
         for task in tasks:
             start = self.initial_weights({k: v.requires_grad_(True) for k, v in self.detached_params().items()}, task.ways)
-            loss_fn = support_loss_fn(self, task.support_x, task.support_y)
-            adapted = inner_loop(start, loss_fn, self.config.inner_steps, self.inner_lr(), optimizer, create_graph=False)
+            problem = InnerProblem(task.support_x, task.support_y, self.backbone)
+            adapted = inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer)
             for k in adapted_sum:
                 adapted_sum[k] += adapted[k].detach()
             with torch.no_grad():  # query metrics are for the progress bar only

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch.nn.functional as F
 from torch import Tensor
 
-from engine.nets import Params
+from engine.nets import BackboneConfig, Params, classify
 from engine.registry import Registry
 
 # One step size for every tensor, or one per parameter entry (Meta-SGD learns a tensor per weight).
@@ -18,12 +18,22 @@ LearningRate = float | Params
 
 @dataclass(frozen=True)
 class InnerProblem:
-    """What an optimizer may look at beyond the gradient: the support loss as a function of the
-    fast weights (second-order optimizers re-evaluate it), and whether the step must stay
-    differentiable for a second-order meta-gradient."""
+    """The inner problem an optimizer works on, beyond the gradient it is handed: the support set
+    and the network, so second-order optimizers can re-evaluate logits, the loss, curvature or
+    layer activations at any fast weights; and whether the step must stay differentiable (for a
+    second-order meta-gradient)."""
 
-    loss_fn: Callable[[Params], Tensor]
-    create_graph: bool
+    inputs: Tensor
+    labels: Tensor
+    backbone: BackboneConfig
+    create_graph: bool = False
+
+    def logits(self, params: Params) -> Tensor:
+        return classify(params, self.inputs, self.backbone)
+
+    def loss(self, params: Params) -> Tensor:
+        """Mean cross-entropy of the support set: the inner loop's objective."""
+        return F.cross_entropy(self.logits(params), self.labels)
 
 
 class InnerOptimizer(ABC):
