@@ -217,3 +217,30 @@ def test_config_classes() -> None:
     assert isinstance(make("maml").config, GradientConfig)
     assert isinstance(make("reptile").config, ReptileConfig)
     assert make("reptile").config.meta_optimizer == "sgd"
+
+
+def test_metasgd_with_equal_rates_reproduces_maml() -> None:
+    batch = tasks(3, dtype=torch.float64)
+    maml = to_double(make("maml", inner_steps=2, inner_lr=0.3))
+    metasgd = to_double(make("metasgd", inner_steps=2, inner_lr=0.3))
+    rates = [k for k in metasgd.params if k.startswith("meta.lr.")]
+    for k in rates:  # exactly 0.3 in float64, as MAML's scalar is
+        metasgd.params[k] = torch.full_like(metasgd.params[k], 0.3).requires_grad_(True)
+    assert {k.removeprefix("meta.lr.") for k in rates} == set(maml.params) | {"head.weight", "head.bias"}
+    assert all(metasgd.params[k].shape == maml.params[k.removeprefix("meta.lr.")].shape
+               for k in rates if not k.startswith("meta.lr.head"))
+    for k in maml.params:
+        assert torch.equal(maml.params[k], metasgd.params[k])
+    assert maml.meta_loss(batch).loss.item() == pytest.approx(metasgd.meta_loss(batch).loss.item(), rel=1e-12)
+    maml_grads, metasgd_grads = meta_gradient(maml, batch), meta_gradient(metasgd, batch)
+    for k in maml_grads:
+        torch.testing.assert_close(metasgd_grads[k], maml_grads[k])
+    # The rates themselves are meta-learned: they receive a gradient.
+    assert all(metasgd_grads[k].abs().sum() > 0 for k in rates)
+
+
+def test_metasgd_learning_rate_override_rescales_learned_rates() -> None:
+    learner = make("metasgd", inner_lr=0.4)
+    rates = learner.inner_lr(AdaptSettings(lr=0.2))
+    assert isinstance(rates, dict)
+    torch.testing.assert_close(rates["conv0.weight"], torch.full_like(learner.params["conv0.weight"], 0.2))

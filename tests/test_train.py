@@ -122,6 +122,8 @@ def test_resume_after_kill_continues_exactly(tmp_path: Path, omniglot_dir: Path)
 # learner overrides. Validation: 50 fixed 5-way 1-shot tasks from the held-out alphabets.
 SHORT_RUNS = {
     "maml": ({"meta_batch": 4, "queries": 5}, {"inner_steps": 1, "meta_lr": 3e-3}),
+    "imaml": ({"meta_batch": 4, "queries": 5}, {"inner_steps": 5, "cg_steps": 3, "meta_lr": 3e-3}),
+    "metasgd": ({"meta_batch": 4, "queries": 5}, {"inner_steps": 1, "meta_lr": 3e-3}),
     "fomaml": ({"meta_batch": 4, "queries": 5}, {"inner_steps": 3, "meta_lr": 3e-3, "test_inner_steps": 3}),
     "reptile": ({"meta_batch": 4, "shots": 5, "queries": 1}, {"meta_lr_final": None}),
     "protonet": ({"meta_batch": 1, "ways": 20}, {}),

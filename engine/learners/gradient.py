@@ -10,12 +10,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from engine.learners.base import AdaptSettings, Adapted, Learner, LearnerConfig, StepRecord, Stopwatch, accuracy
 from engine.nets import Params, classify, zero_head
 from engine.optim import InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
+
+# Meta-parameters that are not network weights (e.g. Meta-SGD's learning rates) carry this prefix;
+# they shape the inner loop but are not adapted by it.
+META_PREFIX = "meta."
 
 # A final support loss this many times the initial one counts as divergence worth a warning.
 DIVERGENCE_FACTOR = 4.0
@@ -64,26 +67,34 @@ class GradientLearner(Learner):
             return self.config.test_inner_lr
         return self.config.inner_lr
 
+    def inner_problem(self, support_x: Tensor, support_y: Tensor, start: Params,
+                      create_graph: bool = False) -> InnerProblem:
+        """The problem the inner loop solves from ``start`` (iMAML adds a proximal term to it)."""
+        return InnerProblem(support_x, support_y, self.backbone, create_graph)
+
     def initial_weights(self, meta_params: Params, ways: int) -> Params:
-        """Backbone from ``meta_params`` plus a fresh zero head for ``ways`` classes."""
-        head = {k: v.requires_grad_(True) for k, v in zero_head(ways, self.backbone, next(iter(meta_params.values()))).items()}
-        return {**meta_params, **head}
+        """The network part of ``meta_params`` plus a fresh zero head for ``ways`` classes."""
+        network = {k: v for k, v in meta_params.items() if not k.startswith(META_PREFIX)}
+        head = {k: v.requires_grad_(True) for k, v in zero_head(ways, self.backbone, next(iter(network.values()))).items()}
+        return {**network, **head}
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:
         settings = settings or AdaptSettings()
         steps = self.config.test_inner_steps if settings.steps is None else settings.steps
         lr = self.inner_lr(settings)
+        if isinstance(lr, dict):  # learned rates: adaptation needs their values, not their graph
+            lr = {k: v.detach() for k, v in lr.items()}
         optimizer = make_inner_optimizer(settings.optimizer)
-        problem = InnerProblem(support_x, support_y, self.backbone)
         watch = Stopwatch(self.device)
         trace: list[StepRecord] = []
         warning: str | None = None
         with torch.enable_grad():
             fast = self.initial_weights({k: v.detach().requires_grad_(True) for k, v in self.detached_params().items()}, ways)
+            problem = self.inner_problem(support_x, support_y, fast)
             kept = fast
             for step in range(steps + 1):
                 logits = problem.logits(fast)
-                loss = F.cross_entropy(logits, support_y)
+                loss = problem.objective(fast, logits)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     warning = (f"The inner loop diverged at step {step} (loss is {loss_value}); predictions use "

@@ -31,15 +31,31 @@ class InnerProblem:
     def logits(self, params: Params) -> Tensor:
         return classify(params, self.inputs, self.backbone)
 
+    def objective(self, params: Params, logits: Tensor) -> Tensor:
+        """The inner loop's objective given the logits at ``params``: mean support cross-entropy
+        (subclasses add terms, e.g. iMAML's proximal penalty)."""
+        return F.cross_entropy(logits, self.labels)
+
     def loss(self, params: Params) -> Tensor:
-        """Mean cross-entropy of the support set: the inner loop's objective."""
-        return F.cross_entropy(self.logits(params), self.labels)
+        return self.objective(params, self.logits(params))
 
 
 class InnerOptimizer(ABC):
-    """One inner loop's optimizer; a fresh instance per adaptation, so it may keep state."""
+    """One inner loop's optimizer; a fresh instance per adaptation, so it may keep state.
+
+    ``messages`` collects notes for the user about this inner loop (e.g. a second-order step that
+    fell back to a gradient step), each recorded once, in order.
+    """
 
     name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def note(self, message: str) -> None:
+        """Record ``message`` for the user unless the same text was already recorded."""
+        if message not in self.messages:
+            self.messages.append(message)
 
     @abstractmethod
     def step(self, params: Params, grads: Params, loss: Tensor, lr: LearningRate, problem: InnerProblem) -> Params:

@@ -1,0 +1,143 @@
+"""iMAML (Rajeswaran, Finn, Kakade & Levine 2019): meta-learning with implicit gradients.
+
+The inner problem keeps the adapted weights near the initialisation,
+
+    phi*(theta) = argmin_phi  L_support(phi) + lambda/2 ||phi - theta||^2,
+
+and the meta-gradient comes from the implicit function theorem instead of back-propagating
+through the inner loop:
+
+    d L_query(phi*) / d theta = (I + H/lambda)^-1 grad L_query(phi*),   H = Hessian of L_support at phi*,
+
+solved with conjugate gradient on Hessian-vector products. The inner loop runs without an
+autograd graph, so memory does not grow with the number of inner steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.learners.base import MetaLoss, accuracy, mean_metrics, register_learner
+from engine.learners.gradient import GradientConfig, GradientLearner, inner_loop
+from engine.learners.maml import query_logits
+from engine.nets import Params
+from engine.optim import InnerProblem, make_inner_optimizer
+
+if TYPE_CHECKING:
+    from engine.data.tasks import Task
+
+MatVec = Callable[[Params], Params]
+
+
+@dataclass
+class IMAMLConfig(GradientConfig):
+    inner_steps: int = 10
+    inner_lr: float = 0.4
+    lam: float = 2.0  # strength of the proximal term (the paper's lambda)
+    cg_steps: int = 5
+    cg_damping: float = 0.0  # solve (I + (H + damping I)/lambda) v = g: guards against negative curvature
+
+
+@dataclass(frozen=True)
+class ProximalProblem(InnerProblem):
+    """Support cross-entropy plus lambda/2 ||phi - anchor||^2 (the head's anchor is its zero start)."""
+
+    anchor: Params | None = None
+    lam: float = 1.0
+
+    def objective(self, params: Params, logits: Tensor) -> Tensor:
+        penalty = sum((params[k] - self.anchor[k]).pow(2).sum() for k in self.anchor)  # type: ignore[union-attr]
+        return super().objective(params, logits) + 0.5 * self.lam * penalty
+
+
+def dot(a: Params, b: Params) -> Tensor:
+    return sum((a[k] * b[k]).sum() for k in a)  # type: ignore[return-value]
+
+
+def conjugate_gradient(matvec: MatVec, b: Params, steps: int) -> Params:
+    """Approximately solve A x = b for symmetric positive-definite A, from x = 0."""
+    x = {k: torch.zeros_like(v) for k, v in b.items()}
+    residual = {k: v.clone() for k, v in b.items()}
+    direction = {k: v.clone() for k, v in b.items()}
+    rr = dot(residual, residual)
+    for _ in range(steps):
+        if rr <= 1e-20:
+            break
+        a_direction = matvec(direction)
+        alpha = rr / dot(direction, a_direction)
+        x = {k: x[k] + alpha * direction[k] for k in x}
+        residual = {k: residual[k] - alpha * a_direction[k] for k in residual}
+        rr_next = dot(residual, residual)
+        direction = {k: residual[k] + (rr_next / rr) * direction[k] for k in direction}
+        rr = rr_next
+    return x
+
+
+def hessian_vector_product(loss_fn: Callable[[Params], Tensor], at: Params) -> MatVec:
+    """v -> H v for the Hessian of ``loss_fn`` at ``at`` (double backward, one graph reused)."""
+    point = {k: v.detach().requires_grad_(True) for k, v in at.items()}
+    grads = torch.autograd.grad(loss_fn(point), list(point.values()), create_graph=True)
+
+    def matvec(vector: Params) -> Params:
+        products = torch.autograd.grad(grads, list(point.values()), grad_outputs=[vector[k] for k in point],
+                                       retain_graph=True)
+        return {k: p.detach() for k, p in zip(point, products)}
+
+    return matvec
+
+
+def implicit_meta_gradient(hvp: MatVec, query_grad: Params, lam: float, cg_steps: int, damping: float = 0.0) -> Params:
+    """(I + (H + damping I)/lambda)^-1 g by conjugate gradient."""
+    def matvec(v: Params) -> Params:
+        hv = hvp(v)
+        return {k: v[k] + (hv[k] + damping * v[k]) / lam for k in v}
+
+    return conjugate_gradient(matvec, query_grad, cg_steps)
+
+
+@register_learner
+class IMAML(GradientLearner):
+    name = "imaml"
+    config: IMAMLConfig
+    config_class = IMAMLConfig
+
+    def inner_problem(self, support_x: Tensor, support_y: Tensor, start: Params,
+                      create_graph: bool = False) -> InnerProblem:
+        anchor = {k: v.detach() for k, v in start.items()}
+        return ProximalProblem(support_x, support_y, self.backbone, create_graph, anchor=anchor, lam=self.config.lam)
+
+    def task_meta_gradient(self, task: "Task") -> tuple[Params, Tensor, Tensor]:
+        """The implicit meta-gradient for the backbone, and the query loss and logits at phi*."""
+        start = self.initial_weights({k: v.requires_grad_(True) for k, v in self.detached_params().items()}, task.ways)
+        problem = self.inner_problem(task.support_x, task.support_y, start)
+        adapted = inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), make_inner_optimizer("sgd"))
+        phi = {k: v.detach().requires_grad_(True) for k, v in adapted.items()}
+        logits = query_logits(self, phi, task)
+        query_loss = F.cross_entropy(logits, task.query_y)
+        query_grad = dict(zip(phi, torch.autograd.grad(query_loss, list(phi.values()))))
+        # H is the Hessian of the support loss alone; the proximal term is the identity in (I + H/lambda).
+        support_hvp = hessian_vector_product(lambda p: F.cross_entropy(problem.logits(p), problem.labels), phi)
+        solution = implicit_meta_gradient(support_hvp, query_grad, self.config.lam, self.config.cg_steps,
+                                          self.config.cg_damping)
+        # phi depends on theta only through the backbone (the head always starts at zero).
+        return {k: solution[k] for k in self.params}, query_loss.detach(), logits.detach()
+
+    def meta_loss(self, tasks: Sequence["Task"]) -> MetaLoss:
+        total = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        losses, accuracies = [], []
+        for task in tasks:
+            gradient, loss, logits = self.task_meta_gradient(task)
+            for k in total:
+                total[k] += gradient[k] / len(tasks)
+            losses.append(loss)
+            accuracies.append(accuracy(logits, task.query_y))
+        query_loss, query_accuracy = mean_metrics(losses, accuracies)
+        # A surrogate whose gradient w.r.t. theta is the averaged implicit meta-gradient.
+        surrogate = dot(self.params, total)
+        return MetaLoss(loss=surrogate, query_loss=query_loss, query_accuracy=query_accuracy)
