@@ -51,7 +51,8 @@ canvas.ink { display: block; touch-action: none; cursor: crosshair; outline: non
 .bar button { flex: 1 1 auto; font: inherit; padding: 3px 6px; border-radius: 6px; cursor: pointer;
               border: 1px solid var(--st-border-color, #d5d7de); background: var(--st-background-color, #fff);
               color: var(--st-text-color, #262730); white-space: nowrap; }
-.bar button:hover:not(:disabled) { border-color: var(--st-primary-color, #ff4b4b); color: var(--st-primary-color, #ff4b4b); }
+.bar button:hover:not(:disabled) { border-color: var(--st-primary-color, #ff4b4b);
+                                   color: var(--st-primary-color, #ff4b4b); }
 .bar button.add { background: var(--st-primary-color, #ff4b4b); border-color: var(--st-primary-color, #ff4b4b);
                   color: #fff; font-weight: 600; }
 .bar button.add:hover:not(:disabled) { color: #fff; filter: brightness(0.93); }
@@ -203,6 +204,14 @@ export default function (component) {
   if (!pad.msg.classList.contains('error') && !pad.msg.classList.contains('ok')) pad.say('');
   if (cfg.full && !pad.strokes.length) pad.say(cfg.fullText, '');
   pad.refresh();
+  // Python asks for focus (a new token) when the previous class just filled up: keep drawing here.
+  if (cfg.focus && cfg.focus !== pad.focusToken) {
+    pad.focusToken = cfg.focus;
+    setTimeout(() => {
+      pad.canvas.focus({ preventScroll: true });
+      root.scrollIntoView({ block: 'center', behavior: 'smooth' });
+    }, 50);
+  }
 }
 """
 
@@ -214,14 +223,15 @@ def _noop() -> None:
 
 
 def drawing_pad(key: str, *, label: str = "Add", hint: str = "", full: bool = False, full_text: str = "",
-                size: int = 150, seen: MutableMapping[str, str] | None = None, aria: str = "") -> dict[str, Any] | None:
+                size: int = 150, seen: MutableMapping[str, str] | None = None, aria: str = "",
+                focus: str = "") -> dict[str, Any] | None:
     """Mount a pad; return a *new* submission ``{"png": data_url, "nonce": ...}`` once, else None.
 
     ``seen`` maps pad keys to the last nonce handled (kept in the session's own state), so a
     submission is returned exactly once however many reruns follow.
     """
     data = {"label": label, "hint": hint, "full": full, "fullText": full_text, "size": size, "id": key,
-            "aria": aria or label}
+            "aria": aria or label, "focus": focus}
     result = _pad(key=key, data=data, on_submission_change=_noop, width="content")
     submission = result.get("submission") if result is not None else None
     if not isinstance(submission, dict):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from engine.checkpoint import CheckpointError, checkpoint_paths, load_learner, read_metadata
+from engine.compare import warm_up
 from engine.learners import LEARNERS, Learner
 
 MODELS_ENV = "META_PLAYGROUND_MODELS"
@@ -69,38 +70,27 @@ class ModelEntry:
             parts.append(f"{self.meta_steps:,} meta-steps")
         if self.val_accuracy is not None:
             setting = self.metadata.get("val_setting")
-            where = f" ({_setting_text(setting)})" if setting else ""
+            where = f" on {_setting_text(setting)}" if setting else ""
             parts.append(f"val. accuracy {self.val_accuracy:.1%}{where}")
         seconds = self.metadata.get("wall_clock_seconds")
         if isinstance(seconds, (int, float)) and seconds > 0:
             parts.append(f"trained {_duration(seconds)}")
-        text = ", ".join(parts) or "checkpoint loaded"
         if self.untrained:
-            text = "UNTRAINED (0 meta-steps): predictions are chance-level. " + text
-        return text
+            return "untrained checkpoint (0 meta-steps): expect chance-level predictions"
+        return ", ".join(parts) or "checkpoint loaded"
 
     @property
     def has_inner_loop(self) -> bool:
         return bool(LEARNERS[self.name].has_inner_loop) if self.name in LEARNERS else False
 
-    def defaults(self) -> tuple[int | None, float | None]:
-        """The learner's own test-time (inner steps, inner learning rate)."""
-        if self.learner is None or not self.learner.has_inner_loop:
-            return None, None
-        config = self.learner.config
-        steps = getattr(config, "test_inner_steps", None)
-        lr = getattr(config, "test_inner_lr", None)
-        if lr is None:
-            lr = getattr(config, "inner_lr", None)
-        return steps, (float(lr) if isinstance(lr, (int, float)) else None)
-
 
 def _setting_text(setting: Any) -> str:
+    """``"5-way 1-shot, 50 tasks from ..."`` or ``{"ways": 5, "shots": 1}`` -> ``"5-way 1-shot"``."""
     if isinstance(setting, dict):
         ways, shots = setting.get("ways"), setting.get("shots")
         if ways and shots:
             return f"{ways}-way {shots}-shot"
-    return str(setting)
+    return str(setting).split(",")[0].strip()[:40]
 
 
 def _duration(seconds: float) -> str:
@@ -146,6 +136,7 @@ def load_models(directory: Path, device: torch.device | str = "cpu") -> dict[str
             learner = load_learner(folder, device=device)
             for value in learner.params.values():  # shared between sessions: never trained here
                 value.requires_grad_(False)
+            warm_up(learner)
             entry.learner = learner
         except CheckpointError as error:
             entry.problem = f"checkpoint cannot be used: {error}"

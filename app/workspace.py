@@ -15,6 +15,7 @@ Design rules that keep user work safe:
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import io
@@ -35,10 +36,8 @@ if TYPE_CHECKING:
 MIN_WAYS, MAX_WAYS = 2, 20
 MIN_SHOTS, MAX_SHOTS = 1, 10
 MAX_QUERIES = 60
-THUMB_SIDE = 84
-"""Display size (px, before browser scaling) of the original-image thumbnail."""
-NETWORK_ZOOM = 4
-"""The 28x28 network input is shown 4x enlarged with nearest-neighbour pixels (112 px)."""
+THUMB_SIDE = 128
+"""Side (px) of the stored copy of the original image (shown at 64 CSS px: sharp on HiDPI)."""
 
 Source = Literal["drawing", "upload", "omniglot"]
 Level = Literal["error", "warning", "info", "success"]
@@ -62,8 +61,31 @@ class Example:
     source: Source
     name: str
     pixels: np.ndarray  # float32 [28, 28] in [0, 1], ink high, read-only
-    original_png: bytes  # display thumbnail of what the user gave (dark ink on white)
-    network_png: bytes  # the 28x28 input enlarged with visible pixels (ink bright on black)
+    original_png: bytes  # small greyscale copy of what the user gave (dark ink on white)
+    network_png: bytes  # the 28x28 network input itself (ink bright on black), shown enlarged
+
+    @property
+    def original_url(self) -> str:
+        """``original_png`` as a data URL: shown without any server-side decoding."""
+        return _data_url(self, "original_png")
+
+    @property
+    def network_url(self) -> str:
+        return _data_url(self, "network_png")
+
+
+_url_cache: dict[tuple[str, str], str] = {}
+
+
+def _data_url(example: Example, field_name: str) -> str:
+    key = (example.id, field_name)
+    url = _url_cache.get(key)
+    if url is None:
+        url = "data:image/png;base64," + base64.b64encode(getattr(example, field_name)).decode("ascii")
+        if len(_url_cache) > 20_000:
+            _url_cache.clear()
+        _url_cache[key] = url
+    return url
 
 
 @dataclass(frozen=True)
@@ -110,10 +132,10 @@ def _png(image: Image.Image) -> bytes:
 
 
 def network_png(pixels: np.ndarray) -> bytes:
-    """The network's 28x28 input, ink bright on black, enlarged with hard pixel edges."""
+    """The network's 28x28 input as a greyscale PNG, ink bright on black (the page enlarges it with
+    visible pixels)."""
     grey = np.clip(np.rint(np.asarray(pixels, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-    image = Image.fromarray(grey, mode="L")
-    return _png(image.resize((28 * NETWORK_ZOOM, 28 * NETWORK_ZOOM), Image.Resampling.NEAREST))
+    return _png(Image.fromarray(grey))
 
 
 def original_png(data: bytes) -> bytes:
@@ -123,21 +145,26 @@ def original_png(data: bytes) -> bytes:
     """
     with Image.open(io.BytesIO(data)) as image:
         if image.format == "JPEG":
-            image.draft("RGB", (THUMB_SIDE * 2, THUMB_SIDE * 2))
+            image.draft("RGB", (THUMB_SIDE, THUMB_SIDE))
         image = ImageOps.exif_transpose(image) or image
-        image.thumbnail((THUMB_SIDE * 2, THUMB_SIDE * 2))
+        image.thumbnail((THUMB_SIDE, THUMB_SIDE))
         if image.mode in ("RGBA", "LA", "PA", "P"):
             image = image.convert("RGBA")
             white = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(white, image)
-        image = image.convert("RGB")
-        return _png(image)
+        colours = image.convert("RGB")
+        grey = colours.convert("L")
+        # Keep colour only when there is some: greyscale PNGs are a third of the size.
+        spread = np.asarray(colours, dtype=np.int16)
+        if spread.size and int(np.abs(spread - spread.mean(axis=-1, keepdims=True)).max()) > 12:
+            return _png(colours)
+        return _png(grey)
 
 
 def inverted_png(pixels: np.ndarray) -> bytes:
     """Display copy of a dataset image: dark ink on white, smoothly enlarged."""
     grey = np.clip(np.rint((1.0 - np.asarray(pixels, dtype=np.float32)) * 255.0), 0, 255).astype(np.uint8)
-    return _png(Image.fromarray(grey, mode="L").resize((THUMB_SIDE * 2, THUMB_SIDE * 2), Image.Resampling.BICUBIC))
+    return _png(Image.fromarray(grey).resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BICUBIC))
 
 
 def example_from_bytes(data: bytes, source: Source, name: str) -> Example:
@@ -210,6 +237,19 @@ class Workspace:
     upload_generation: dict[str, int] = field(default_factory=dict)
     # The task as it was before the last "sample" / "clear all", for one-click restore.
     previous: dict[str, Any] | None = None
+    # (pad key, token): the pad that should take keyboard focus (after the previous class filled up).
+    focus: tuple[str, str] | None = None
+
+    # -- keyboard flow --------------------------------------------------------------------------
+    def request_focus(self, pad_key: str) -> None:
+        self.focus = (pad_key, uuid.uuid4().hex[:8])
+
+    def focus_token(self, pad_key: str) -> str:
+        """The pending focus token for ``pad_key`` (handed out once), else ""."""
+        if self.focus and self.focus[0] == pad_key:
+            token, self.focus = self.focus[1], None
+            return token
+        return ""
 
     # -- messages ---------------------------------------------------------------------------
     def say(self, target: str, level: Level, text: str) -> None:
@@ -387,7 +427,8 @@ class Workspace:
         self.previous = current
         return True
 
-    def load_omniglot(self, characters: "CharacterSet", ways: int, shots: int, queries_per_class: int, seed: int) -> None:
+    def load_omniglot(self, characters: "CharacterSet", ways: int, shots: int, queries_per_class: int,
+                      seed: int) -> None:
         """Fill support and queries with a task sampled from ``characters`` (the evaluation split)."""
         from engine.data.tasks import sample_task
 
@@ -405,7 +446,8 @@ class Workspace:
         for image, label in zip(support_x, support_y):
             label = int(label)
             if filled[label] < MAX_SHOTS:
-                classes[label].slots[filled[label]] = example_from_pixels(image, "omniglot", names[label] if label < len(names) else "")
+                name = names[label] if label < len(names) else ""
+                classes[label].slots[filled[label]] = example_from_pixels(image, "omniglot", name)
                 filled[label] += 1
         queries = [Query(example_from_pixels(image, "omniglot", ""), int(label))
                    for image, label in list(zip(query_x, query_y))[:MAX_QUERIES]]

@@ -57,6 +57,9 @@ class AlgorithmResult:
     has_inner_loop: bool = True
     warning: str | None = None
     error: str | None = None
+    # Notes from the inner loop for the user (e.g. an optimizer falling back to a gradient step),
+    # taken from ``Adapted.notes`` when the learner provides them.
+    notes: list[str] = field(default_factory=list)
     # Fraction of labelled queries predicted correctly; None when no query carries a label.
     query_accuracy: float | None = None
     correct: int = 0
@@ -111,7 +114,8 @@ def _bad_shape(what: str, shape: Any) -> Tensor:
 def as_labels(labels: Tensor | np.ndarray | Sequence[int] | None, count: int, ways: int, what: str) -> Tensor | None:
     if labels is None:
         return None
-    tensor = torch.as_tensor(np.asarray(labels, dtype=np.int64) if not isinstance(labels, Tensor) else labels).to(torch.int64)
+    tensor = labels if isinstance(labels, Tensor) else torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    tensor = tensor.to(torch.int64)
     tensor = tensor.reshape(-1)
     if tensor.numel() != count:
         raise TaskInputError(f"{count} {what} images but {tensor.numel()} labels.")
@@ -134,7 +138,8 @@ def validate_support(support_y: Tensor, ways: int) -> None:
                              "no support examples.")
 
 
-def effective_settings(learner: Learner, settings: AdaptSettings | None) -> tuple[int | None, float | str | None, str | None]:
+def effective_settings(learner: Learner,
+                       settings: AdaptSettings | None) -> tuple[int | None, float | str | None, str | None]:
     """(steps, learning rate, optimizer) that ``learner.adapt`` will use with ``settings``.
 
     ``None`` for learners without an inner loop; a learning rate learned per parameter (Meta-SGD
@@ -182,6 +187,7 @@ def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, w
         result.adapt_ms = float(adapted.adapt_ms) if adapted.adapt_ms else (time.perf_counter() - start) * 1000.0
         result.trace = list(adapted.trace)
         result.warning = adapted.warning
+        result.notes = [str(note) for note in (getattr(adapted, "notes", None) or [])]
         if query_x.shape[0]:
             start = time.perf_counter()
             probabilities = adapted.predict_proba(query_x.to(device)).detach().to("cpu", torch.float32)
@@ -212,8 +218,8 @@ def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, w
     return result
 
 
-def compare(learners: Mapping[str, Learner], support_images: ImageBatch, support_labels: Tensor | np.ndarray | Sequence[int],
-            ways: int, query_images: ImageBatch | None = None,
+def compare(learners: Mapping[str, Learner], support_images: ImageBatch,
+            support_labels: Tensor | np.ndarray | Sequence[int], ways: int, query_images: ImageBatch | None = None,
             settings: AdaptSettings | Mapping[str, AdaptSettings] | None = None,
             query_labels: Tensor | np.ndarray | Sequence[int] | None = None) -> list[AlgorithmResult]:
     """Adapt every learner to the same support set and predict the same queries.
@@ -243,6 +249,15 @@ def compare_task(learners: Mapping[str, Learner], task: "Task",
     return compare(learners, task.support_x, task.support_y, task.ways, task.query_x, settings, task.query_y)
 
 
+def warm_up(learner: Learner) -> None:
+    """One tiny adaptation and prediction, so the first real request does not pay PyTorch's one-off
+    start-up costs (allocator, autograd and thread-pool initialisation)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 1, 28, 28, generator=generator)
+    labels = torch.tensor([0, 0, 1, 1])
+    run_one("warm-up", learner, images, labels, 2, images[:1], AdaptSettings(steps=2))
+
+
 def ranked(results: Sequence[AlgorithmResult]) -> list[AlgorithmResult]:
     """Best first: highest query accuracy, then lowest final support loss, then fastest; failures last."""
 
@@ -256,5 +271,5 @@ def ranked(results: Sequence[AlgorithmResult]) -> list[AlgorithmResult]:
 
 __all__ = [
     "AlgorithmResult", "TaskInputError", "as_images", "compare", "compare_task", "effective_settings", "ranked",
-    "run_one", "validate_support",
+    "run_one", "validate_support", "warm_up",
 ]

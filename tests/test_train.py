@@ -123,6 +123,8 @@ def test_resume_after_kill_continues_exactly(tmp_path: Path, omniglot_dir: Path)
 SHORT_RUNS = {
     "maml": ({"meta_batch": 4, "queries": 5}, {"inner_steps": 1, "meta_lr": 3e-3}),
     "imaml": ({"meta_batch": 4, "queries": 5}, {"inner_steps": 5, "cg_steps": 3, "meta_lr": 3e-3}),
+    "mc1": ({"meta_batch": 4, "queries": 5}, {"inner_steps": 1, "meta_lr": 3e-3}),
+    "mc2": ({"meta_batch": 4, "queries": 5}, {"inner_steps": 1, "meta_lr": 3e-3}),
     "metasgd": ({"meta_batch": 4, "queries": 5}, {"inner_steps": 1, "meta_lr": 3e-3}),
     "fomaml": ({"meta_batch": 4, "queries": 5}, {"inner_steps": 3, "meta_lr": 3e-3, "test_inner_steps": 3}),
     "reptile": ({"meta_batch": 4, "shots": 5, "queries": 1}, {"meta_lr_final": None}),

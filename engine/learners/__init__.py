@@ -17,7 +17,7 @@ from engine.learners.base import (
 )
 
 # Registry entries.
-from engine.learners import imaml, maml, metasgd, protonet, reptile  # noqa: E402,F401
+from engine.learners import imaml, maml, metacurvature, metasgd, protonet, reptile  # noqa: E402,F401
 
 __all__ = [
     "LEARNERS", "AdaptSettings", "Adapted", "Learner", "LearnerConfig", "MetaLoss", "StepRecord",

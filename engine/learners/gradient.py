@@ -7,6 +7,7 @@ MAML and Reptile differ only there.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,13 +34,20 @@ class GradientConfig(LearnerConfig):
     test_inner_lr: float | None = None  # None: the training inner_lr
 
 
-def inner_loop(params: Params, problem: InnerProblem, steps: int, lr: LearningRate, optimizer: InnerOptimizer) -> Params:
-    """``steps`` optimizer steps on the support loss. With ``problem.create_graph`` the result stays
-    a differentiable function of the starting ``params`` (second-order MAML)."""
+GradientTransform = Callable[[Params], Params]
+
+
+def inner_loop(params: Params, problem: InnerProblem, steps: int, lr: LearningRate, optimizer: InnerOptimizer,
+               transform: GradientTransform | None = None) -> Params:
+    """``steps`` optimizer steps on the support loss, each gradient first passed through
+    ``transform`` if given (Meta-Curvature). With ``problem.create_graph`` the result stays a
+    differentiable function of the starting ``params`` (second-order MAML)."""
     for _ in range(steps):
         loss = problem.loss(params)
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=problem.create_graph)
-        params = optimizer.step(params, dict(zip(params, grads)), loss, lr, problem)
+        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), create_graph=problem.create_graph)))
+        if transform is not None:
+            grads = transform(grads)
+        params = optimizer.step(params, grads, loss, lr, problem)
     return params
 
 
@@ -67,6 +75,10 @@ class GradientLearner(Learner):
             return self.config.test_inner_lr
         return self.config.inner_lr
 
+    def gradient_transform(self, meta_params: Params) -> GradientTransform | None:
+        """A meta-learned map applied to every inner-loop gradient (None: the gradient as it is)."""
+        return None
+
     def inner_problem(self, support_x: Tensor, support_y: Tensor, start: Params,
                       create_graph: bool = False) -> InnerProblem:
         """The problem the inner loop solves from ``start`` (iMAML adds a proximal term to it)."""
@@ -85,6 +97,7 @@ class GradientLearner(Learner):
         if isinstance(lr, dict):  # learned rates: adaptation needs their values, not their graph
             lr = {k: v.detach() for k, v in lr.items()}
         optimizer = make_inner_optimizer(settings.optimizer)
+        transform = self.gradient_transform(self.detached_params())
         watch = Stopwatch(self.device)
         trace: list[StepRecord] = []
         warning: str | None = None
@@ -104,8 +117,10 @@ class GradientLearner(Learner):
                 trace.append(StepRecord(step, loss_value, accuracy(logits, support_y), watch.ms()))
                 if step == steps:
                     break
-                grads = torch.autograd.grad(loss, list(fast.values()))
-                fast = optimizer.step(fast, dict(zip(fast, grads)), loss.detach(), lr, problem)
+                grads = dict(zip(fast, torch.autograd.grad(loss, list(fast.values()))))
+                if transform is not None:
+                    grads = transform(grads)
+                fast = optimizer.step(fast, grads, loss.detach(), lr, problem)
                 fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
         if warning is None and len(trace) > 1 and trace[-1].loss > DIVERGENCE_FACTOR * max(trace[0].loss, 1e-3):
             warning = (f"The inner loop is diverging: support loss rose from {trace[0].loss:.3g} to "

@@ -44,10 +44,12 @@ class MAML(GradientLearner):
         if not self.first_order:
             problem = InnerProblem(task.support_x, task.support_y, self.backbone, create_graph=True)
             start = self.initial_weights(self.params, task.ways)
-            return inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer)
+            return inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer,
+                              self.gradient_transform(self.params))
         problem = InnerProblem(task.support_x, task.support_y, self.backbone)
         start = self.initial_weights({k: v.requires_grad_(True) for k, v in self.detached_params().items()}, task.ways)
-        adapted = inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer)
+        adapted = inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer,
+                             self.gradient_transform(self.detached_params()))
         return straight_through(self.params, adapted)
 
     def meta_loss(self, tasks: Sequence["Task"]) -> MetaLoss:

@@ -1,0 +1,144 @@
+"""engine.compare: every learner on the same task, failures isolated, inputs validated once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.compare import (
+    AlgorithmResult, TaskInputError, as_images, compare, compare_task, effective_settings, ranked,
+)
+from engine.data.tasks import Task
+from engine.learners import LEARNERS, AdaptSettings, Learner
+from engine.nets import BackboneConfig
+
+TINY = BackboneConfig(channels=4)
+
+
+def learners() -> dict[str, Learner]:
+    return {name: LEARNERS[name](backbone=TINY, seed=1) for name in sorted(LEARNERS)}
+
+
+def blobs(ways: int, shots: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class-dependent random images [ways*shots, 28, 28] in [0, 1] and their labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.random((ways, 28, 28)) > 0.8
+    images = np.clip(centres.repeat(shots, axis=0) + 0.2 * rng.random((ways * shots, 28, 28)), 0, 1)
+    return images.astype(np.float32), np.repeat(np.arange(ways), shots)
+
+
+def test_every_learner_runs_on_the_same_task_in_order() -> None:
+    support_x, support_y = blobs(3, 2)
+    query_x, query_y = blobs(3, 1, seed=0)
+    models = learners()
+    results = compare(models, support_x, support_y, 3, query_x, AdaptSettings(steps=3), query_labels=query_y)
+    assert [r.name for r in results] == list(models)
+    for result in results:
+        assert result.ok, result.error
+        assert result.probabilities is not None and result.probabilities.shape == (3, 3)
+        np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-5)
+        assert result.predictions is not None and result.predictions.shape == (3,)
+        assert result.labelled == 3 and 0 <= result.correct <= 3
+        assert result.query_accuracy == pytest.approx(result.correct / 3)
+        assert result.adapt_ms > 0
+        if result.has_inner_loop:
+            assert [record.step for record in result.trace] == [0, 1, 2, 3]
+            assert (result.steps, result.optimizer) == (3, "sgd")
+            assert result.trace[0].loss == pytest.approx(np.log(3), rel=1e-4)  # zero head: uniform start
+        else:
+            assert len(result.trace) == 1 and result.steps is None and result.lr is None
+
+
+def test_one_failing_algorithm_does_not_stop_the_others() -> None:
+    class Broken(LEARNERS["maml"]):  # type: ignore[misc, valid-type]
+        def adapt(self, *args: object, **kwargs: object):  # type: ignore[override]
+            raise RuntimeError("boom")
+
+    models = {"broken": Broken(backbone=TINY), **learners()}
+    support_x, support_y = blobs(2, 1)
+    results = compare(models, support_x, support_y, 2, support_x)
+    assert results[0].error == "RuntimeError: boom" and results[0].probabilities is None
+    assert all(r.ok for r in results[1:])
+
+
+def test_task_problems_raise_before_anything_runs() -> None:
+    support_x, support_y = blobs(3, 1)
+    with pytest.raises(TaskInputError, match="Class 3 has no support examples"):
+        compare(learners(), support_x[:2], support_y[:2], 3)
+    with pytest.raises(TaskInputError, match="28x28"):
+        compare(learners(), np.zeros((3, 32, 32), np.float32), support_y, 3)
+    with pytest.raises(TaskInputError, match="labels"):
+        compare(learners(), support_x, support_y[:2], 3)
+    with pytest.raises(TaskInputError, match="empty"):
+        compare(learners(), np.zeros((0, 28, 28), np.float32), np.zeros(0, np.int64), 3)
+
+
+def test_diverging_inner_loop_is_a_warning_not_an_error() -> None:
+    support_x, support_y = blobs(3, 2)
+    results = compare(learners(), support_x, support_y, 3, support_x[:2], AdaptSettings(steps=10, lr=1e4))
+    for result in results:
+        assert result.ok
+        if result.has_inner_loop:
+            assert result.warning and "diverg" in result.warning
+            assert result.probabilities is not None and np.isfinite(result.probabilities).all()
+        else:
+            assert result.warning is None
+
+
+def test_compare_never_writes_meta_parameters() -> None:
+    models = learners()
+    before = {name: {k: v.detach().clone() for k, v in m.params.items()} for name, m in models.items()}
+    support_x, support_y = blobs(3, 2)
+    compare(models, support_x, support_y, 3, support_x, AdaptSettings(steps=5, lr=0.5))
+    for name, model in models.items():
+        for key, value in model.params.items():
+            assert torch.equal(value.detach(), before[name][key]), (name, key)
+
+
+def test_inputs_in_any_reasonable_layout() -> None:
+    support_x, support_y = blobs(2, 2)
+    as_arrays = compare(learners(), support_x, support_y, 2, support_x[:1])
+    as_tensors = compare(learners(), torch.from_numpy(support_x).unsqueeze(1), torch.from_numpy(support_y), 2,
+                         [support_x[0]])
+    for a, b in zip(as_arrays, as_tensors):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+    assert as_images([np.zeros((1, 28, 28))]).shape == (1, 1, 28, 28)
+    assert as_images(None).shape == (0, 1, 28, 28)
+
+
+def test_uneven_shots_and_unlabelled_queries() -> None:
+    support_x, support_y = blobs(3, 2)
+    keep = np.array([0, 1, 2, 4])  # class 2 has one example, the others two or one
+    query_x, _ = blobs(3, 1)
+    results = compare(learners(), support_x[keep], support_y[keep], 3, query_x, query_labels=[0, -1, -1])
+    for result in results:
+        assert result.ok and result.labelled == 1 and result.query_accuracy in (0.0, 1.0)
+    no_labels = compare(learners(), support_x, support_y, 3, query_x)
+    assert all(r.query_accuracy is None and r.labelled == 0 for r in no_labels)
+
+
+def test_effective_settings_follow_the_learner_defaults() -> None:
+    models = learners()
+    maml, reptile, protonet = models["maml"], models["reptile"], models["protonet"]
+    assert effective_settings(maml, None) == (maml.config.test_inner_steps, maml.config.inner_lr, "sgd")
+    assert effective_settings(reptile, AdaptSettings()) == (reptile.config.test_inner_steps, reptile.config.inner_lr,
+                                                            "sgd")
+    assert effective_settings(maml, AdaptSettings(steps=2, lr=0.05)) == (2, 0.05, "sgd")
+    assert effective_settings(protonet, AdaptSettings(steps=2, lr=0.05)) == (None, None, None)
+
+
+def test_ranked_puts_accuracy_first_and_failures_last() -> None:
+    results = [AlgorithmResult("a", query_accuracy=0.5, adapt_ms=1), AlgorithmResult("b", error="x"),
+               AlgorithmResult("c", query_accuracy=0.9, adapt_ms=9),
+               AlgorithmResult("d", query_accuracy=0.9, adapt_ms=2)]
+    assert [r.name for r in ranked(results)] == ["d", "c", "a", "b"]
+
+
+def test_compare_task_uses_the_tasks_labels() -> None:
+    support_x, support_y = blobs(2, 2)
+    task = Task(support_x=torch.from_numpy(support_x).unsqueeze(1), support_y=torch.from_numpy(support_y),
+                query_x=torch.from_numpy(support_x).unsqueeze(1), query_y=torch.from_numpy(support_y),
+                ways=2, shots=2, class_names=("a", "b"))
+    results = compare_task(learners(), task, AdaptSettings(steps=5))
+    assert all(r.labelled == 4 for r in results)
