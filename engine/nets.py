@@ -15,6 +15,7 @@ query never changes another's prediction. ``stats_count=None`` uses the whole ba
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,10 @@ class BackboneConfig:
     @property
     def embedding_dim(self) -> int:
         return self.channels
+
+    @property
+    def conv_stride(self) -> int:
+        return 2 if self.downsample == "stride" else 1
 
 
 def init_backbone(config: BackboneConfig, generator: torch.Generator | None = None) -> Params:
@@ -70,7 +75,13 @@ def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, stats_count: int | None)
     return x_hat * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
 
 
-def embed(params: Params, x: Tensor, config: BackboneConfig, stats_count: int | None = None) -> Tensor:
+# Sees (layer, conv input, conv output) and returns the output to continue with: lets K-FAC read
+# each layer's activations without a second copy of the forward pass.
+ConvHook = Callable[[int, Tensor, Tensor], Tensor]
+
+
+def embed(params: Params, x: Tensor, config: BackboneConfig, stats_count: int | None = None,
+          conv_hook: ConvHook | None = None) -> Tensor:
     """Images [B,1,28,28] -> embeddings [B, channels].
 
     ``stats_count``: batch-norm statistics come from the first ``stats_count`` images (e.g. the
@@ -78,8 +89,10 @@ def embed(params: Params, x: Tensor, config: BackboneConfig, stats_count: int | 
     """
     h = x
     for layer in range(config.layers):
-        stride = 2 if config.downsample == "stride" else 1
-        h = F.conv2d(h, params[f"conv{layer}.weight"], stride=stride, padding=1)
+        conv_input = h
+        h = F.conv2d(h, params[f"conv{layer}.weight"], stride=config.conv_stride, padding=1)
+        if conv_hook is not None:
+            h = conv_hook(layer, conv_input, h)
         h = batch_norm(h, params[f"bn{layer}.weight"], params[f"bn{layer}.bias"], stats_count)
         h = F.relu(h)
         if config.downsample == "maxpool":

@@ -244,3 +244,21 @@ def test_metasgd_learning_rate_override_rescales_learned_rates() -> None:
     rates = learner.inner_lr(AdaptSettings(lr=0.2))
     assert isinstance(rates, dict)
     torch.testing.assert_close(rates["conv0.weight"], torch.full_like(learner.params["conv0.weight"], 0.2))
+
+
+def test_optimizer_messages_reach_the_adapted_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.optim import INNER_OPTIMIZERS
+    from engine.optim.sgd import SGD
+
+    class Chatty(SGD):
+        name = "chatty"
+
+        def step(self, params, grads, loss, lr, problem):  # type: ignore[no-untyped-def]
+            self.note("fell back to a gradient step")
+            return super().step(params, grads, loss, lr, problem)
+
+    monkeypatch.setitem(INNER_OPTIMIZERS, "chatty", Chatty)
+    task = tasks(1)[0]
+    adapted = make("maml").adapt(task.support_x, task.support_y, task.ways, AdaptSettings(steps=3, optimizer="chatty"))
+    assert adapted.notes == ["fell back to a gradient step"]
+    assert make("maml").adapt(task.support_x, task.support_y, task.ways).notes == []

@@ -72,6 +72,8 @@ class Adapted:
     # Set when the inner loop stopped early because its loss stopped being finite.
     warning: str | None = None
     adapt_ms: float = 0.0
+    # What the inner-loop optimizer reported (e.g. a Newton step that fell back to a gradient step).
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @torch.no_grad()
     def predict_proba(self, query_x: Tensor, transductive: bool = False) -> Tensor:

@@ -134,4 +134,5 @@ class GradientLearner(Learner):
                 return classify(final, query_x, backbone)
             return classify(final, torch.cat([support_x, query_x]), backbone, stats_count=num_support)[num_support:]
 
-        return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, warning=warning, adapt_ms=watch.ms())
+        return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, warning=warning, adapt_ms=watch.ms(),
+                       notes=list(optimizer.messages))
