@@ -90,6 +90,11 @@ class GradientLearner(Learner):
         head = {k: v.requires_grad_(True) for k, v in zero_head(ways, self.backbone, next(iter(network.values()))).items()}
         return {**network, **head}
 
+    def detached_start(self, ways: int) -> Params:
+        """Starting fast weights cut from the meta-graph (inner loops that need no meta-gradient
+        through them): the meta-parameters' values plus a zero head, all requiring grad."""
+        return self.initial_weights({k: v.requires_grad_(True) for k, v in self.detached_params().items()}, ways)
+
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:
         settings = settings or AdaptSettings()
         steps = self.config.test_inner_steps if settings.steps is None else settings.steps
@@ -102,7 +107,7 @@ class GradientLearner(Learner):
         trace: list[StepRecord] = []
         warning: str | None = None
         with torch.enable_grad():
-            fast = self.initial_weights({k: v.detach().requires_grad_(True) for k, v in self.detached_params().items()}, ways)
+            fast = self.detached_start(ways)
             problem = self.inner_problem(support_x, support_y, fast)
             kept = fast
             for step in range(steps + 1):

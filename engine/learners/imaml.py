@@ -114,7 +114,7 @@ class IMAML(GradientLearner):
 
     def task_meta_gradient(self, task: "Task") -> tuple[Params, Tensor, Tensor]:
         """The implicit meta-gradient for the backbone, and the query loss and logits at phi*."""
-        start = self.initial_weights({k: v.requires_grad_(True) for k, v in self.detached_params().items()}, task.ways)
+        start = self.detached_start(task.ways)
         problem = self.inner_problem(task.support_x, task.support_y, start)
         adapted = inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), make_inner_optimizer("sgd"))
         phi = {k: v.detach().requires_grad_(True) for k, v in adapted.items()}
@@ -122,7 +122,7 @@ class IMAML(GradientLearner):
         query_loss = F.cross_entropy(logits, task.query_y)
         query_grad = dict(zip(phi, torch.autograd.grad(query_loss, list(phi.values()))))
         # H is the Hessian of the support loss alone; the proximal term is the identity in (I + H/lambda).
-        support_hvp = hessian_vector_product(lambda p: F.cross_entropy(problem.logits(p), problem.labels), phi)
+        support_hvp = hessian_vector_product(lambda p: InnerProblem.objective(problem, p, problem.logits(p)), phi)
         solution = implicit_meta_gradient(support_hvp, query_grad, self.config.lam, self.config.cg_steps,
                                           self.config.cg_damping)
         # phi depends on theta only through the backbone (the head always starts at zero).

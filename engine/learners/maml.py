@@ -47,7 +47,7 @@ class MAML(GradientLearner):
             return inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer,
                               self.gradient_transform(self.params))
         problem = InnerProblem(task.support_x, task.support_y, self.backbone)
-        start = self.initial_weights({k: v.requires_grad_(True) for k, v in self.detached_params().items()}, task.ways)
+        start = self.detached_start(task.ways)
         adapted = inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer,
                              self.gradient_transform(self.detached_params()))
         return straight_through(self.params, adapted)

@@ -52,7 +52,7 @@ class Reptile(GradientLearner):
         losses, accuracies = [], []
         optimizer = make_inner_optimizer("sgd")
         for task in tasks:
-            start = self.initial_weights({k: v.requires_grad_(True) for k, v in self.detached_params().items()}, task.ways)
+            start = self.detached_start(task.ways)
             problem = InnerProblem(task.support_x, task.support_y, self.backbone)
             adapted = inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer)
             for k in adapted_sum:
