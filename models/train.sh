@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
 # The exact commands that produce the checkpoints in models/. Each run resumes where it stopped:
 #   bash models/train.sh protonet        # first call starts it, later calls continue it
-# Append "--device cuda" (via EXTRA) to train on a GPU; the metadata records the hardware of each piece.
+# EXTRA passes further flags: EXTRA="--device cuda" trains on a GPU (the metadata records the hardware
+# of each piece); EXTRA="--max-minutes 30" trains for 30 minutes, saves and stops (resumable).
+# models/train_round_robin.sh shares one CPU between several runs this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 algorithm=${1:?usage: models/train.sh ALGORITHM}
 python=${PYTHON:-.venv/bin/python}
+# Validation: 200 fixed 5-way 1-shot tasks from the held-out background alphabets (model selection only).
+val=(--val-tasks 200)
 case "$algorithm" in
   protonet) args=(--ways 60 --shots 1 --queries 5 --meta-batch 1 --meta-steps 20000 --meta-lr-final 0.0001
-                  --val-every 500 --val-tasks 200) ;;
+                  --val-every 500 "${val[@]}") ;;
   maml)     args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 20000 --inner-steps 2 --inner-lr 0.4
-                  --meta-lr-final 0.0001 --val-every 250 --val-tasks 200) ;;
+                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
+  fomaml)   args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 3 --inner-lr 0.4
+                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
+  metasgd)  args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 1 --inner-lr 0.4
+                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
+  mc1|mc2)  args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 1 --inner-lr 0.4
+                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
+  # The paper's Omniglot schedule: 5 tasks a meta-step drawn with 10 shots, meta step size 1 -> 0.
+  reptile)  args=(--ways 5 --shots 10 --queries 1 --meta-batch 5 --meta-steps 10000 --inner-steps 5 --inner-lr 0.4
+                  --val-every 250 "${val[@]}") ;;
+  imaml)    args=(--ways 5 --shots 1 --queries 5 --meta-batch 8 --meta-steps 4000 --inner-steps 10 --inner-lr 0.4
+                  --lam 1.0 --cg-steps 5 --meta-lr-final 0.0001 --val-every 100 "${val[@]}") ;;
   *) echo "no configuration for $algorithm yet" >&2; exit 2 ;;
 esac
 resume=()

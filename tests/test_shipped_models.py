@@ -1,0 +1,76 @@
+"""Every checkpoint shipped in models/ loads and still classifies evaluation-split tasks well above
+chance, so a broken or untrained checkpoint cannot land silently; and the results tooling works."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from engine import results
+from engine.checkpoint import load_learner, read_metadata
+from engine.data.omniglot import load_split
+from engine.data.tasks import task_stream
+from engine.evaluate import score, task_accuracies
+from engine.paths import REPO_ROOT
+
+MODELS = REPO_ROOT / "models"
+SHIPPED = results.shipped_algorithms(MODELS)
+# A few dozen 5-way 1-shot tasks: enough to separate a working model (> 90%) from a broken one (20%).
+TASKS = 30
+MIN_ACCURACY = 0.7
+
+
+def test_at_least_one_checkpoint_is_shipped() -> None:
+    assert SHIPPED, "models/ holds no checkpoint"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_checkpoint_is_small_and_documented(name: str) -> None:
+    run = MODELS / name
+    assert (run / "model.safetensors").stat().st_size < 5 * 2**20
+    metadata = read_metadata(run / "model")
+    assert metadata["algorithm"] == name
+    assert metadata["meta_step"] > 0, "an untrained checkpoint"
+    assert "seed" in metadata["train"] and metadata["pieces"], "seed and training pieces must be recorded"
+    for piece in metadata["pieces"]:
+        assert piece["hardware"] and piece["seconds"] >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_is_well_above_chance(name: str, omniglot_dir: Path) -> None:
+    learner = load_learner(MODELS / name / "model")
+    chars = load_split(omniglot_dir, "evaluation", progress=False)
+    tasks = itertools.islice(task_stream(chars, 5, 1, 5, seed=123), TASKS)
+    result = score(task_accuracies(learner, tasks))
+    assert result.accuracy >= MIN_ACCURACY, f"{name}: {result.accuracy:.3f} on {TASKS} 5-way 1-shot tasks"
+
+
+def test_results_table_from_stored_evaluations(tmp_path: Path) -> None:
+    """RESULTS.md is rendered from evaluation JSON; a changed checkpoint invalidates its evaluation."""
+    run = tmp_path / "maml"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "model.json").write_text(json.dumps({"algorithm": "maml", "meta_step": 10, "val_accuracy": 0.9,
+                                                "train": {"meta_steps": 40}, "pieces": [],
+                                                "wall_clock_seconds": 20.0}))
+    (run / "curve.jsonl").write_text("".join(json.dumps({"step": s, "seconds": 2.0 * s, "val_accuracy": 0.5 + s / 100})
+                                             + "\n" for s in (5, 10)))
+    stored = {"algorithm": "maml", "ways": 5, "shots": 1, "tasks": 7, "accuracy": 0.91, "ci95": 0.02,
+              "inner_steps": 10, "checkpoint_sha256": results.file_sha256(run / "model.safetensors")}
+    path = results.evaluation_path(tmp_path, "maml", 5, 1)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(stored))
+    # Matching checkpoint and task count: the stored result is used, no evaluation runs.
+    assert results.evaluate_checkpoint(tmp_path, "maml", 5, 1, 7, None, "cpu") == stored
+
+    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "| **maml** (ours) | 91.00 ± 2.00 | not evaluated |" in table
+    assert "MAML (Finn et al. 2017) | 98.70 |" in table
+    assert "5w1s missed by 7.7 pt" in table  # MAML must meet its figure: 98.7 - 91.0
+    assert "30 steps ≈ 0.0 h" in table  # 40-step schedule, 10 done at 2 s each
+    assert (run / "curve.png").stat().st_size > 0
