@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inner-steps", type=int, default=None, help="test-time inner steps (default: the checkpoint's)")
     parser.add_argument("--inner-lr", type=float, default=None, help="test-time inner learning rate")
     parser.add_argument("--optimizer", default="sgd", help="inner-loop optimizer")
+    parser.add_argument("--finetune", default=None,
+                        help="which weights adaptation changes, for learners that offer a choice (pretrain: head "
+                             "or all; default: the checkpoint's)")
     parser.add_argument("--transductive", action="store_true",
                         help="normalise queries with the query batch's statistics (MAML paper) instead of the support set's")
     parser.add_argument("--split", choices=["evaluation", "validation"], default="evaluation",
@@ -98,19 +101,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, DatasetNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    settings = AdaptSettings(steps=args.inner_steps, lr=args.inner_lr, optimizer=args.optimizer)
+    if args.finetune is not None and args.finetune not in learner.finetune_modes:
+        choices = ", ".join(learner.finetune_modes) or "none"
+        print(f"error: {learner.name} cannot fine-tune {args.finetune!r} (choices: {choices})", file=sys.stderr)
+        return 2
+    settings = AdaptSettings(steps=args.inner_steps, lr=args.inner_lr, optimizer=args.optimizer,
+                             finetune=args.finetune)
     # A generator, not a list: 600 tasks of 20-way 5-shot would hold ~1 GB of images at once.
     tasks = itertools.islice(task_stream(chars, args.ways, args.shots, args.queries, args.seed), args.tasks)
     result = score(task_accuracies(learner, tasks, settings, args.transductive, progress=True, total=args.tasks))
     steps = test_inner_steps(learner, settings)
     bn = "query-batch statistics (transductive)" if args.transductive else "support-set statistics"
+    finetune = "" if args.finetune is None else f" fine-tuning {args.finetune}"
     print(f"{learner.name} {args.ways}-way {args.shots}-shot: {100 * result.accuracy:.2f}% "
-          f"+/- {100 * result.ci95:.2f}% (95% CI over {result.tasks} tasks, {steps} inner steps, batch norm: {bn})")
+          f"+/- {100 * result.ci95:.2f}% (95% CI over {result.tasks} tasks, {steps} inner steps{finetune}, "
+          f"batch norm: {bn})")
     if args.json is not None:
         payload = {"algorithm": learner.name, "ways": args.ways, "shots": args.shots, "queries": args.queries,
                    "tasks": result.tasks, "accuracy": result.accuracy, "ci95": result.ci95, "inner_steps": steps,
-                   "transductive": args.transductive, "split": args.split, "seed": args.seed,
-                   "checkpoint": str(args.checkpoint)}
+                   "transductive": args.transductive, "finetune": args.finetune, "split": args.split,
+                   "seed": args.seed, "checkpoint": str(args.checkpoint)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -28,7 +28,7 @@ from engine.checkpoint import (
     CheckpointError, load_learner, load_tensors, read_json, read_metadata, save_learner, save_tensors, write_json,
 )
 from engine.data.omniglot import DatasetNotFoundError, Splits, load_splits
-from engine.data.tasks import fixed_tasks, sample_task
+from engine.data.tasks import fixed_tasks
 from engine.device import describe_device, resolve_device
 from engine.evaluate import score, task_accuracies
 from engine.learners import LEARNERS, Learner, get_learner_class
@@ -98,6 +98,8 @@ def build_parser(algorithm: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--channels", type=int, default=BackboneConfig.channels, help="backbone width")
     parser.add_argument("--downsample", choices=["stride", "maxpool"], default=BackboneConfig.downsample)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop cleanly (state saved, resumable) after this much training time in this piece")
     learner_cls = LEARNERS.get(algorithm or "")
     add_dataclass_arguments(parser, TrainConfig, learner_cls.train_defaults if learner_cls else {}, "training")
     if learner_cls is not None:
@@ -206,8 +208,7 @@ class Trainer:
 
     def train_step(self) -> tuple[float, float]:
         c = self.config
-        tasks = [sample_task(self.splits.train, c.ways, c.shots, c.queries, self.rng, rotations=c.rotations).to(self.device)
-                 for _ in range(c.meta_batch)]
+        tasks = [task.to(self.device) for task in self.learner.training_batch(self.splits.train, c, self.rng)]
         self.optimizer.zero_grad(set_to_none=True)
         result = self.learner.meta_loss(tasks)
         result.loss.backward()
@@ -215,7 +216,8 @@ class Trainer:
         self.scheduler.step()
         return result.query_loss, result.query_accuracy
 
-    def run(self) -> float:
+    def run(self, max_minutes: float | None = None) -> float:
+        """Train until ``meta_steps`` (or ``max_minutes`` of this piece); the state is saved either way."""
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         piece = {"hardware": describe_device(self.device), "start_step": self.step, "seconds": 0.0,
@@ -225,6 +227,8 @@ class Trainer:
         bar = tqdm(total=c.meta_steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
         val_accuracy = float("nan")
         while self.step < c.meta_steps:
+            if max_minutes is not None and piece["seconds"] >= 60 * max_minutes:
+                break
             started = time.perf_counter()
             loss, query_accuracy = self.train_step()
             self.step += 1
@@ -286,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {out} already holds a run; pass --resume to continue it or choose another --out",
                   file=sys.stderr)
             return 2
-        learner = learner_cls(config=pick(args, learner_cls.config_class),
+        # Completed from the data (e.g. pretrain's number of classes) and saved with the checkpoints.
+        learner_config = learner_cls.config_for_data(pick(args, learner_cls.config_class), splits.train, config)
+        learner = learner_cls(config=learner_config,
                               backbone=BackboneConfig(channels=args.channels, downsample=args.downsample),
                               seed=config.seed)
     provenance = {"git_commit": git_commit(), "dataset": dataset_fingerprint(data_dir),
@@ -294,8 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     trainer = Trainer(learner, config, splits, out, device, provenance, progress=not args.no_progress)
     if args.resume:
         trainer.restore_state()
-    best = trainer.run()
-    print(f"done: {trainer.step} meta-steps, best validation accuracy {best:.4f}; checkpoint {out / 'model.safetensors'}")
+    best = trainer.run(args.max_minutes)
+    print(f"{'done' if trainer.step >= config.meta_steps else 'paused'}: {trainer.step} meta-steps, best validation accuracy {best:.4f}; checkpoint {out / 'model.safetensors'}")
     return 0
 
 

@@ -17,7 +17,9 @@ from engine.learners.base import (
 )
 
 # Registry entries.
-from engine.learners import imaml, maml, metacurvature, metasgd, protonet, reptile  # noqa: E402,F401
+from engine.learners import (  # noqa: E402,F401
+    blackbox, imaml, maml, metacurvature, metasgd, pretrain, protonet, reptile,
+)
 
 __all__ = [
     "LEARNERS", "AdaptSettings", "Adapted", "Learner", "LearnerConfig", "MetaLoss", "StepRecord",

@@ -20,14 +20,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from engine.data.tasks import sample_task
 from engine.nets import BackboneConfig, Params, init_backbone
 from engine.registry import Registry
 
 if TYPE_CHECKING:
+    from engine.data.omniglot import CharacterSet
     from engine.data.tasks import Task
+    from engine.train import TrainConfig
 
 
 @dataclass
@@ -50,6 +54,9 @@ class AdaptSettings:
     steps: int | None = None
     lr: float | None = None
     optimizer: str = "sgd"
+    # Which weights adaptation may change, for learners that offer a choice (``finetune_modes``,
+    # e.g. pretrain's "head" or "all"); None: the learner's own default. Others ignore it.
+    finetune: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,8 @@ class Learner(ABC):
     train_defaults: ClassVar[dict[str, Any]] = {}
     # Whether adaptation runs gradient steps (and so honours AdaptSettings).
     has_inner_loop: ClassVar[bool] = True
+    # The values ``AdaptSettings.finetune`` may take for this learner (empty: it has no such choice).
+    finetune_modes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: LearnerConfig | None = None, backbone: BackboneConfig | None = None,
                  params: Params | None = None, seed: int = 0) -> None:
@@ -139,6 +148,19 @@ class Learner(ABC):
         """Meta-parameters cut from the meta-graph: a safe starting point for adaptation (every
         update creates new tensors, so the shared meta-parameters are never written)."""
         return {name: value.detach() for name, value in self.params.items()}
+
+    # -- training data -----------------------------------------------------------------------
+    @classmethod
+    def config_for_data(cls, config: LearnerConfig, chars: "CharacterSet", train: "TrainConfig") -> LearnerConfig:
+        """``config`` completed from the training data before a fresh run builds the learner (e.g. the
+        number of classes of a global classifier head); the result is what checkpoints save."""
+        return config
+
+    def training_batch(self, chars: "CharacterSet", train: "TrainConfig", rng: np.random.Generator) -> list["Task"]:
+        """One meta-step's batch for ``meta_loss``, drawn with the trainer's ``rng`` (saved for
+        ``--resume``). Default: ``meta_batch`` tasks of ``ways``-way ``shots``-shot."""
+        return [sample_task(chars, train.ways, train.shots, train.queries, rng, rotations=train.rotations)
+                for _ in range(train.meta_batch)]
 
     # -- the algorithm -----------------------------------------------------------------------
     @abstractmethod

@@ -75,6 +75,11 @@ class GradientLearner(Learner):
             return self.config.test_inner_lr
         return self.config.inner_lr
 
+    def adapt_step_sizes(self, settings: AdaptSettings | None = None) -> LearningRate:
+        """The step sizes ``adapt`` uses: ``inner_lr`` unless a learner spreads it over its weights
+        differently at test time (pretrain: zero or a smaller rate for the backbone)."""
+        return self.inner_lr(settings)
+
     def gradient_transform(self, meta_params: Params) -> GradientTransform | None:
         """A meta-learned map applied to every inner-loop gradient (None: the gradient as it is)."""
         return None
@@ -98,7 +103,7 @@ class GradientLearner(Learner):
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:
         settings = settings or AdaptSettings()
         steps = self.config.test_inner_steps if settings.steps is None else settings.steps
-        lr = self.inner_lr(settings)
+        lr = self.adapt_step_sizes(settings)
         if isinstance(lr, dict):  # learned rates: adaptation needs their values, not their graph
             lr = {k: v.detach() for k, v in lr.items()}
         optimizer = make_inner_optimizer(settings.optimizer)
