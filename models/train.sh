@@ -26,6 +26,11 @@ case "$algorithm" in
                   --val-every 250 "${val[@]}") ;;
   imaml)    args=(--ways 5 --shots 1 --queries 5 --meta-batch 8 --meta-steps 4000 --inner-steps 10 --inner-lr 0.4
                   --lam 1.0 --cg-steps 5 --meta-lr-final 0.0001 --val-every 100 "${val[@]}") ;;
+  # Episodes of 2-20 ways (1 shot) with random label slots, so one checkpoint serves any N and K.
+  blackbox) args=(--ways 20 --shots 1 --queries 5 --meta-batch 2 --meta-steps 20000 --meta-lr-final 0.0001
+                  --val-every 1000 "${val[@]}") ;;
+  # Ordinary classification over every training class (rotations included), batches of 128 images.
+  pretrain) args=(--batch-size 128 --meta-steps 18000 --meta-lr-final 0.0001 --val-every 1000 "${val[@]}") ;;
   *) echo "no configuration for $algorithm yet" >&2; exit 2 ;;
 esac
 resume=()
