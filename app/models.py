@@ -83,6 +83,11 @@ class ModelEntry:
     def has_inner_loop(self) -> bool:
         return bool(LEARNERS[self.name].has_inner_loop) if self.name in LEARNERS else False
 
+    @property
+    def finetune_modes(self) -> tuple[str, ...]:
+        """What ``AdaptSettings.finetune`` may choose for this algorithm (empty: no such choice)."""
+        return tuple(LEARNERS[self.name].finetune_modes) if self.name in LEARNERS else ()
+
 
 def _setting_text(setting: Any) -> str:
     """``"5-way 1-shot, 50 tasks from ..."`` or ``{"ways": 5, "shots": 1}`` -> ``"5-way 1-shot"``."""

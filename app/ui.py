@@ -42,6 +42,7 @@ DETAILED_QUERY_LIMIT = 12
 PAD_SIZE = 140
 QUERY_CARD_WIDTH = 128
 LAYOUTS = ("auto", "side by side", "results below")
+MODEL_DEFAULT = "model default"
 THUMB_WIDTH = 64
 NETWORK_WIDTH = 46
 
@@ -159,7 +160,8 @@ def workspace() -> Workspace:
 def _init_widget_defaults(ws: Workspace) -> None:
     defaults = {"ways": ws.ways, "shots": ws.shots, "auto_run": True, "use_defaults": True, "steps": 10,
                 "lr": 0.4, "optimizer": "sgd" if "sgd" in INNER_OPTIMIZERS else sorted(INNER_OPTIMIZERS)[0],
-                "seed": random.randint(0, 9999), "queries_per_class": 1, "layout": LAYOUTS[0]}
+                "seed": random.randint(0, 9999), "queries_per_class": 1, "layout": LAYOUTS[0],
+                "finetune": MODEL_DEFAULT}
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
 
@@ -336,6 +338,7 @@ def render_sidebar(models: dict[str, ModelEntry]) -> tuple[list[str], AdaptSetti
             st.caption("None of the selected algorithms has an inner loop; these settings do not apply.")
         elif any(not models[n].has_inner_loop for n in selected):
             st.caption("ProtoNet-style learners have no inner loop: these settings do not apply to them.")
+        finetune = render_finetune_choice(models, selected)
 
         st.subheader("Page")
         st.radio("Layout", LAYOUTS, key="layout", horizontal=True,
@@ -346,7 +349,24 @@ def render_sidebar(models: dict[str, ModelEntry]) -> tuple[list[str], AdaptSetti
         _, description = _device()
         st.markdown(f":material/memory: `{description}`")
         st.caption("Models run on the GPU when one is available, otherwise on the CPU.")
-    return selected, AdaptSettings(steps=steps_value, lr=lr_value, optimizer=str(optimizer)), description
+    settings = AdaptSettings(steps=steps_value, lr=lr_value, optimizer=str(optimizer), finetune=finetune)
+    return selected, settings, description
+
+
+def render_finetune_choice(models: dict[str, ModelEntry], selected: list[str]) -> str | None:
+    """Which weights adaptation changes, shown only when a selected algorithm offers the choice
+    (pretrain: its head alone or every layer); None keeps each model's own default."""
+    offering = [name for name in selected if models[name].finetune_modes]
+    if not offering:
+        return None
+    modes = list(dict.fromkeys(mode for name in offering for mode in models[name].finetune_modes))
+    options = [MODEL_DEFAULT, *modes]
+    if st.session_state.get("finetune") not in options:
+        st.session_state["finetune"] = MODEL_DEFAULT
+    choice = st.selectbox(f"Fine-tune ({', '.join(offering)})", options, key="finetune",
+                          help="head: fit only a fresh linear head on the support set (the pre-trained backbone "
+                               "stays frozen); all: every layer, the backbone with a smaller learning rate.")
+    return None if choice == MODEL_DEFAULT else str(choice)
 
 
 # --------------------------------------------------------------------------- task toolbar
@@ -596,9 +616,10 @@ def task_problems(ws: Workspace) -> dict[str, str]:
 
 
 def settings_text(settings: AdaptSettings) -> str:
+    finetune = "" if settings.finetune is None else f", fine-tuning {settings.finetune}"
     if settings.steps is None and settings.lr is None:
-        return f"each model's default steps and learning rate, {settings.optimizer}"
-    return f"{settings.steps} steps, lr {settings.lr:g}, {settings.optimizer}"
+        return f"each model's default steps and learning rate, {settings.optimizer}{finetune}"
+    return f"{settings.steps} steps, lr {settings.lr:g}, {settings.optimizer}{finetune}"
 
 
 def run_comparison(ws: Workspace, models: dict[str, ModelEntry], selected: list[str], settings: AdaptSettings,

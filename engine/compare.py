@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -221,7 +222,8 @@ def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, w
 def compare(learners: Mapping[str, Learner], support_images: ImageBatch,
             support_labels: Tensor | np.ndarray | Sequence[int], ways: int, query_images: ImageBatch | None = None,
             settings: AdaptSettings | Mapping[str, AdaptSettings] | None = None,
-            query_labels: Tensor | np.ndarray | Sequence[int] | None = None) -> list[AlgorithmResult]:
+            query_labels: Tensor | np.ndarray | Sequence[int] | None = None,
+            workers: int = 1) -> list[AlgorithmResult]:
     """Adapt every learner to the same support set and predict the same queries.
 
     ``support_images``: ``[N*K, 28, 28]`` or ``[N*K, 1, 28, 28]`` floats in [0, 1], ink high;
@@ -230,6 +232,11 @@ def compare(learners: Mapping[str, Learner], support_images: ImageBatch,
     unlabelled query; with labels each result carries its query accuracy. ``settings`` is one
     :class:`AdaptSettings` for all or a mapping name -> settings. Results come back in the order of
     ``learners``. Raises :class:`TaskInputError` only for problems with the task itself.
+
+    ``workers > 1`` adapts that many learners at once, in threads (PyTorch releases the GIL inside
+    its kernels). With one PyTorch thread each, this spreads the comparison over free cores with
+    no synchronisation between them, unlike PyTorch's own intra-op threads, whose barriers collapse
+    when the cores are shared. Each result's times are then wall times while sharing the machine.
     """
     support_x = as_images(support_images, "support images")
     support_y = as_labels(support_labels, support_x.shape[0], ways, "support")
@@ -239,14 +246,22 @@ def compare(learners: Mapping[str, Learner], support_images: ImageBatch,
     query_y = as_labels(query_labels, query_x.shape[0], ways, "query")
     if query_y is not None and query_y.numel() and int(query_y.max()) >= ways:
         raise TaskInputError(f"Query labels must lie in 0..{ways - 1} (or -1 for unknown).")
-    return [run_one(name, learner, support_x, support_y, ways, query_x, _settings_for(name, settings), query_y)
-            for name, learner in learners.items()]
+    def run(name: str, learner: Learner) -> AlgorithmResult:
+        return run_one(name, learner, support_x, support_y, ways, query_x, _settings_for(name, settings), query_y)
+
+    if workers <= 1 or len(learners) < 2:
+        return [run(name, learner) for name, learner in learners.items()]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run, name, learner) for name, learner in learners.items()]
+        return [future.result() for future in futures]
 
 
 def compare_task(learners: Mapping[str, Learner], task: "Task",
-                 settings: AdaptSettings | Mapping[str, AdaptSettings] | None = None) -> list[AlgorithmResult]:
+                 settings: AdaptSettings | Mapping[str, AdaptSettings] | None = None,
+                 workers: int = 1) -> list[AlgorithmResult]:
     """:func:`compare` on an engine :class:`~engine.data.tasks.Task` (labelled queries)."""
-    return compare(learners, task.support_x, task.support_y, task.ways, task.query_x, settings, task.query_y)
+    return compare(learners, task.support_x, task.support_y, task.ways, task.query_x, settings, task.query_y,
+                   workers)
 
 
 def warm_up(learner: Learner) -> None:

@@ -231,6 +231,21 @@ def test_algorithm_selection_and_inner_loop_settings(models_dir: Path) -> None:
     assert at.selectbox(key="optimizer").options == sorted(__import__("engine.optim").optim.INNER_OPTIMIZERS)
 
 
+def test_finetune_choice_appears_only_for_algorithms_that_offer_it(models_dir: Path) -> None:
+    at = start(ways=2)
+    fill_task(at, 2, queries=(0,))
+    at.multiselect(key="algorithms").set_value(["protonet", "maml"]).run()
+    assert "finetune" not in [box.key for box in at.selectbox]
+    at.multiselect(key="algorithms").set_value(["pretrain", "protonet"]).run()
+    choice = at.selectbox(key="finetune")
+    assert choice.options == ["model default", "head", "all"] and choice.value == "model default"
+    assert "fine-tuning" not in all_text(at)
+    choice.set_value("all").run()
+    assert not at.exception, at.exception
+    assert "fine-tuning all" in all_text(at)
+    assert sorted(summary(at)["algorithm"]) == ["pretrain", "protonet"]
+
+
 def test_manual_run_when_auto_run_is_off(models_dir: Path) -> None:
     at = start(ways=2, auto_run=False)
     fill_task(at, 2, queries=(0,))
@@ -360,11 +375,12 @@ def test_diverging_settings_are_flagged_next_to_the_algorithm(models_dir: Path) 
     at.toggle(key="use_defaults").set_value(False).run()
     at.number_input(key="lr").set_value(5000.0).run()
     warnings = texts(at, "warning")
-    for name in [n for n in ALL if LEARNERS[n].has_inner_loop]:
+    # pretrain fits a linear head on fixed features: a convex problem, solved at any step size.
+    for name in [n for n in ALL if LEARNERS[n].has_inner_loop and n != "pretrain"]:
         assert any(w.startswith(f"**{name}**:") and "diverg" in w for w in warnings), warnings
     assert not any(w.startswith("**protonet**") for w in warnings)
     status = dict(zip(summary(at)["algorithm"], summary(at)["status"]))
-    assert status["maml"] == "diverged" and status["protonet"] == "ok"
+    assert status["maml"] == "diverged" and status["protonet"] == "ok" and status["pretrain"] == "ok"
     assert len(workspace(at).queries) == 1  # nothing lost
 
 

@@ -262,3 +262,18 @@ def test_optimizer_messages_reach_the_adapted_model(monkeypatch: pytest.MonkeyPa
     adapted = make("maml").adapt(task.support_x, task.support_y, task.ways, AdaptSettings(steps=3, optimizer="chatty"))
     assert adapted.notes == ["fell back to a gradient step"]
     assert make("maml").adapt(task.support_x, task.support_y, task.ways).notes == []
+
+
+def test_divergence_is_flagged_even_when_the_loss_comes_back() -> None:
+    """A step that blows the weights up can end in a collapsed network whose final loss equals the
+    start (uniform predictions): the spike itself is what must be reported."""
+    from engine.learners.base import StepRecord
+    from engine.learners.gradient import divergence_warning
+
+    def trace(losses: list[float]) -> list[StepRecord]:
+        return [StepRecord(step, loss, 0.5, float(step)) for step, loss in enumerate(losses)]
+
+    assert divergence_warning(trace([0.69, 0.4, 0.1, 0.05])) is None
+    assert divergence_warning(trace([0.69, 1.5, 0.3])) is None  # a bump within the allowed factor
+    warning = divergence_warning(trace([0.69, 393.0, 1e9, 0.69]))
+    assert warning is not None and "1e+09 at step 2" in warning and "final 0.69" in warning

@@ -131,6 +131,10 @@ SHORT_RUNS = {
     "fomaml": ({"meta_batch": 4, "queries": 5}, {"inner_steps": 3, "meta_lr": 3e-3, "test_inner_steps": 3}),
     "reptile": ({"meta_batch": 4, "shots": 5, "queries": 1}, {"meta_lr_final": None}),
     "protonet": ({"meta_batch": 1, "ways": 20}, {}),
+    # 1-shot episodes of 2-20 ways, as it trains by default.
+    "blackbox": ({"meta_batch": 2, "ways": 20, "shots": 1}, {}),
+    # Ordinary classification of 128-image batches; validation fine-tunes a head on each task.
+    "pretrain": ({"meta_steps": 600, "val_every": 600}, {}),
 }
 
 
@@ -145,9 +149,10 @@ def test_short_training_lifts_validation_accuracy_well_above_chance(name: str, o
     train_overrides, learner_overrides = SHORT_RUNS.get(name, ({}, {}))
     config = train.TrainConfig(**{"meta_steps": 100, "val_every": 100, "val_tasks": 50, **train_overrides})
     cls = get_learner_class(name)
-    learner = cls(config=cls.config_class(**learner_overrides), backbone=BackboneConfig(channels=32), seed=0)
-    trainer = train.Trainer(learner, config, load_splits(omniglot_dir, progress=False), tmp_path,
-                            torch.device("cpu"), provenance={}, progress=False)
+    splits = load_splits(omniglot_dir, progress=False)
+    learner_config = cls.config_for_data(cls.config_class(**learner_overrides), splits.train, config)
+    learner = cls(config=learner_config, backbone=BackboneConfig(channels=32), seed=0)
+    trainer = train.Trainer(learner, config, splits, tmp_path, torch.device("cpu"), provenance={}, progress=False)
     before = trainer.validate()
     after = trainer.run()
     chance = 1 / config.val_ways

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine import kernels
 from engine.learners.base import AdaptSettings, Adapted, Learner, LearnerConfig, StepRecord, Stopwatch, accuracy
 from engine.nets import Params, classify, zero_head
 from engine.optim import InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
@@ -43,11 +44,12 @@ def inner_loop(params: Params, problem: InnerProblem, steps: int, lr: LearningRa
     ``transform`` if given (Meta-Curvature). With ``problem.create_graph`` the result stays a
     differentiable function of the starting ``params`` (second-order MAML)."""
     for _ in range(steps):
-        loss = problem.loss(params)
-        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), create_graph=problem.create_graph)))
+        evaluation = problem.evaluate(params)
+        grads = evaluation.grads
+        assert grads is not None
         if transform is not None:
             grads = transform(grads)
-        params = optimizer.step(params, grads, loss, lr, problem)
+        params = optimizer.step(params, grads, evaluation.loss, lr, problem)
     return params
 
 
@@ -59,6 +61,28 @@ def straight_through(meta_params: Params, adapted: Params) -> Params:
         name: meta_params[name] + (value.detach() - meta_params[name].detach()) if name in meta_params else value.detach()
         for name, value in adapted.items()
     }
+
+
+def frozen_entries(lr: LearningRate, optimizer: str, transform: GradientTransform | None) -> frozenset[str]:
+    """Entries that plain SGD leaves exactly where they are (step size 0, no gradient transform):
+    their gradient is never used, so the inner loop need not compute it."""
+    if optimizer != "sgd" or transform is not None or not isinstance(lr, dict):
+        return frozenset()
+    return frozenset(name for name, rate in lr.items() if not torch.as_tensor(rate).any())
+
+
+def divergence_warning(trace: list[StepRecord]) -> str | None:
+    """A warning when the support loss rose far above its start at any step. Checked over the whole
+    loop, not only its end: a step that blows the weights up can leave a collapsed network (dead
+    ReLUs, uniform predictions) whose final loss looks harmless."""
+    if len(trace) < 2:
+        return None
+    start = trace[0].loss
+    peak = max(trace[1:], key=lambda record: record.loss)
+    if peak.loss <= DIVERGENCE_FACTOR * max(start, 1e-3):
+        return None
+    return (f"The inner loop is diverging: support loss rose from {start:.3g} to {peak.loss:.3g} at step "
+            f"{peak.step} (final {trace[-1].loss:.3g}). Lower the learning rate.")
 
 
 class GradientLearner(Learner):
@@ -111,30 +135,33 @@ class GradientLearner(Learner):
         watch = Stopwatch(self.device)
         trace: list[StepRecord] = []
         warning: str | None = None
+        frozen = frozen_entries(lr, settings.optimizer, transform)
+        frozen_backbone = kernels.FrozenBackbone() if frozen else None
         with torch.enable_grad():
             fast = self.detached_start(ways)
             problem = self.inner_problem(support_x, support_y, fast)
-            kept = fast
+            kept, kept_stats = fast, None
             for step in range(steps + 1):
-                logits = problem.logits(fast)
-                loss = problem.objective(fast, logits)
-                loss_value = loss.item()
+                # The last evaluation is only for the trace: no gradient.
+                evaluation = problem.evaluate(fast, with_grads=step < steps, frozen=frozen,
+                                              frozen_backbone=frozen_backbone)
+                loss_value = evaluation.loss.item()
                 if not math.isfinite(loss_value):
                     warning = (f"The inner loop diverged at step {step} (loss is {loss_value}); predictions use "
                                f"the weights after step {step - 1}. Lower the learning rate or the number of steps.")
                     break
-                kept = fast
-                trace.append(StepRecord(step, loss_value, accuracy(logits, support_y), watch.ms()))
+                kept, kept_stats = fast, evaluation.stats
+                trace.append(StepRecord(step, loss_value, accuracy(evaluation.logits, support_y), watch.ms()))
                 if step == steps:
                     break
-                grads = dict(zip(fast, torch.autograd.grad(loss, list(fast.values()))))
+                grads = evaluation.grads
+                assert grads is not None
                 if transform is not None:
                     grads = transform(grads)
-                fast = optimizer.step(fast, grads, loss.detach(), lr, problem)
+                fast = optimizer.step(fast, grads, evaluation.loss.detach(), lr, problem)
                 fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
-        if warning is None and len(trace) > 1 and trace[-1].loss > DIVERGENCE_FACTOR * max(trace[0].loss, 1e-3):
-            warning = (f"The inner loop is diverging: support loss rose from {trace[0].loss:.3g} to "
-                       f"{trace[-1].loss:.3g}. Lower the learning rate.")
+        if warning is None:
+            warning = divergence_warning(trace)
         final = {k: v.detach() for k, v in kept.items()}
         backbone = self.backbone
         num_support = support_x.shape[0]
@@ -142,6 +169,8 @@ class GradientLearner(Learner):
         def predict_logits(query_x: Tensor, transductive: bool) -> Tensor:
             if transductive:
                 return classify(final, query_x, backbone)
+            if kept_stats is not None:  # the support set's statistics at these weights are known
+                return kernels.logits_with_stats(final, query_x, backbone, kept_stats)
             return classify(final, torch.cat([support_x, query_x]), backbone, stats_count=num_support)[num_support:]
 
         return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, warning=warning, adapt_ms=watch.ms(),

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -15,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine import kernels
 from engine.learners.base import MetaLoss, accuracy, mean_metrics, register_learner
-from engine.learners.gradient import GradientLearner, inner_loop, straight_through
-from engine.nets import Params, classify
-from engine.optim import InnerProblem, make_inner_optimizer
+from engine.learners.gradient import GradientLearner, GradientTransform, inner_loop, straight_through
+from engine.nets import Params, backbone_only, classify, embed
+from engine.optim import InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
 
 if TYPE_CHECKING:
     from engine.data.tasks import Task
@@ -29,6 +31,33 @@ def query_logits(learner: GradientLearner, fast: Params, task: "Task") -> Tensor
     num_support = task.support_x.shape[0]
     both = torch.cat([task.support_x, task.query_x])
     return classify(fast, both, learner.backbone, stats_count=num_support)[num_support:]
+
+
+def zero_head_step(start: Params, support_features: Tensor, support_y: Tensor, lr: LearningRate,
+                   optimizer: InnerOptimizer, problem: InnerProblem,
+                   transform: GradientTransform | None = None) -> Params:
+    """The first inner step from the zero head, in closed form.
+
+    With a zero head every logit is 0 whatever the backbone, so the predicted distribution is
+    uniform and d CE / d logits = (1/N - onehot(y)) / n is a constant; the backbone's gradient
+    passes through the zero head and is exactly zero, as a function of the meta-parameters too.
+    Only the head moves: its gradient is (1/N - onehot)^T f / n for the support features f. This
+    is the same step (value and derivatives) as differentiating the support loss, without a
+    backward pass through the backbone, and, for second-order MAML, without a double backward.
+    With a leading task dimension on ``support_features`` and ``support_y`` the head entries of
+    the result carry it too (one head per task).
+    """
+    head = start["head.weight"]
+    count, ways = support_y.shape[-1], head.shape[0]
+    # [..., n, N]: a leading task dimension (features [T, n, D], labels [T, n]) gives a head per task.
+    residual = (1.0 / ways - F.one_hot(support_y, ways).to(head.dtype)) / count
+    grads = {name: torch.zeros_like(value) for name, value in start.items()}
+    grads["head.weight"] = residual.mT @ support_features
+    grads["head.bias"] = residual.sum(dim=-2)
+    if transform is not None:
+        grads = transform(grads)
+    loss = torch.full((), math.log(ways), dtype=head.dtype, device=head.device)  # CE of uniform predictions
+    return optimizer.step(start, grads, loss, lr, problem)
 
 
 @register_learner
@@ -44,19 +73,75 @@ class MAML(GradientLearner):
         if not self.first_order:
             problem = InnerProblem(task.support_x, task.support_y, self.backbone, create_graph=True)
             start = self.initial_weights(self.params, task.ways)
-            return inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer,
-                              self.gradient_transform(self.params))
+            transform = self.gradient_transform(self.params)
+            steps = self.config.inner_steps
+            if steps > 0 and kernels.enabled():  # the first step in closed form (zero_head_step)
+                features = embed(backbone_only(start), task.support_x, self.backbone)
+                start = zero_head_step(start, features, task.support_y, self.inner_lr(), optimizer, problem,
+                                       transform)
+                steps -= 1
+            return inner_loop(start, problem, steps, self.inner_lr(), optimizer, transform)
         problem = InnerProblem(task.support_x, task.support_y, self.backbone)
         start = self.detached_start(task.ways)
         adapted = inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer,
                              self.gradient_transform(self.detached_params()))
         return straight_through(self.params, adapted)
 
+    def one_pass_query_logits(self, tasks: Sequence["Task"]) -> list[Tensor] | None:
+        """Each task's query logits after one inner step, with a single forward pass for them all.
+
+        One step from the zero head moves only the head (``zero_head_step``): the backbone stays at
+        theta - lr * transform(0), numerically theta, the same for every task. So one pass of that
+        backbone over all tasks' support and query images (each task normalised with its own
+        support statistics: ``embed(groups=...)``) gives both each task's head update (its support
+        rows) and its query logits: the same values and derivatives as ``adapted_weights``
+        followed by ``query_logits`` task by task (the backbone's learning rates and transforms get
+        their exactly-zero gradients), in one large forward pass instead of three small ones per
+        task. First-order MAML: the same with the head held constant, as ``straight_through``
+        does. None unless the learner takes exactly one inner step and the tasks have one shape.
+        """
+        first = tasks[0] if tasks else None
+        if (first is None or self.config.inner_steps != 1 or not kernels.enabled()
+                or any(task.ways != first.ways or task.support_x.shape != first.support_x.shape
+                       or task.query_x.shape != first.query_x.shape for task in tasks)):
+            return None
+        count = first.support_x.shape[0]
+        images = torch.cat([torch.cat([task.support_x, task.query_x]) for task in tasks])
+        support_y = torch.stack([task.support_y for task in tasks])
+        optimizer = make_inner_optimizer("sgd")
+        # create_graph: the step is written with broadcasting ops (a head per task).
+        problem = InnerProblem(first.support_x, first.support_y, self.backbone, create_graph=True)
+        if self.first_order:
+            meta, lr = self.detached_params(), self.inner_lr()
+            lr = {k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr
+            features = embed(self.params, images, self.backbone, stats_count=count, groups=len(tasks))
+            features = features.view(len(tasks), -1, features.shape[-1])
+            start = self.initial_weights(meta, first.ways)
+            fast = zero_head_step(start, features[:, :count].detach(), support_y, lr, optimizer, problem,
+                                  self.gradient_transform(meta))
+            head_weight, head_bias = fast["head.weight"].detach(), fast["head.bias"].detach()
+        else:
+            lr, transform = self.inner_lr(), self.gradient_transform(self.params)
+            start = self.initial_weights(self.params, first.ways)
+            zeros = {name: torch.zeros_like(value) for name, value in start.items()}
+            unchanged = optimizer.step(start, zeros if transform is None else transform(zeros),
+                                       torch.zeros(()), lr, problem)
+            features = embed(unchanged, images, self.backbone, stats_count=count, groups=len(tasks))
+            features = features.view(len(tasks), -1, features.shape[-1])
+            fast = zero_head_step(start, features[:, :count], support_y, lr, optimizer, problem, transform)
+            head_weight, head_bias = fast["head.weight"], fast["head.bias"]
+        logits = torch.baddbmm(head_bias.unsqueeze(1), features[:, count:], head_weight.mT)
+        return list(logits.unbind(0))
+
     def meta_loss(self, tasks: Sequence["Task"]) -> MetaLoss:
         losses: list[Tensor] = []
         accuracies: list[float] = []
-        for task in tasks:
-            logits = query_logits(self, self.adapted_weights(task), task)
+        batched = self.one_pass_query_logits(tasks)
+        for index, task in enumerate(tasks):
+            if batched is not None:
+                logits = batched[index]
+            else:
+                logits = query_logits(self, self.adapted_weights(task), task)
             losses.append(F.cross_entropy(logits, task.query_y))
             accuracies.append(accuracy(logits, task.query_y))
         query_loss, query_accuracy = mean_metrics(losses, accuracies)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine import kernels
 from engine.learners.base import (
     AdaptSettings, Adapted, Learner, MetaLoss, StepRecord, Stopwatch, accuracy, mean_metrics, register_learner,
 )
@@ -61,7 +62,12 @@ class ProtoNet(Learner):
         watch = Stopwatch(self.device)
         params = self.detached_params()
         backbone = self.backbone
-        support_features = embed(params, support_x, backbone)
+        stats: list[kernels.LayerStats] | None = None
+        if kernels.applies(params, backbone, head=False):
+            # Keeps the support set's batch-norm statistics: queries need not re-embed the support set.
+            support_features, stats = kernels.support_embedding(params, support_x, backbone)
+        else:
+            support_features = embed(params, support_x, backbone)
         protos = prototypes(support_features, support_y, ways)
         support_logits = prototype_logits(support_features, protos)
         trace = [StepRecord(0, F.cross_entropy(support_logits, support_y).item(), accuracy(support_logits, support_y), watch.ms())]
@@ -70,6 +76,8 @@ class ProtoNet(Learner):
         def predict_logits(query_x: Tensor, transductive: bool) -> Tensor:
             if transductive:
                 return prototype_logits(embed(params, query_x, backbone), protos)
+            if stats is not None:
+                return prototype_logits(kernels.embed_with_stats(params, query_x, backbone, stats), protos)
             features = embed(params, torch.cat([support_x, query_x]), backbone, stats_count=num_support)
             return prototype_logits(features[num_support:], protos)
 

@@ -6,9 +6,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine import kernels
+from engine.kernels import SupportPass
 from engine.nets import BackboneConfig, Params, classify
 from engine.registry import Registry
 
@@ -38,6 +41,50 @@ class InnerProblem:
 
     def loss(self, params: Params) -> Tensor:
         return self.objective(params, self.logits(params))
+
+    def has_extra_terms(self) -> bool:
+        """Whether ``objective`` adds terms to the support cross-entropy (iMAML's penalty)."""
+        return type(self).objective is not InnerProblem.objective
+
+    def evaluate(self, params: Params, with_grads: bool = True, frozen: frozenset[str] = frozenset(),
+                 frozen_backbone: kernels.FrozenBackbone | None = None) -> SupportPass:
+        """The objective at ``params``, its logits and (if ``with_grads``) its gradient w.r.t. every
+        entry of ``params``: what one inner step needs.
+
+        Without ``create_graph`` and for the plain Conv-4, the fused kernels compute the
+        cross-entropy's gradient without building a graph (they also return the support set's
+        batch-norm statistics, for predictions); extra objective terms are added by autograd on
+        those terms alone. Otherwise (a differentiable step, or another network) plain autograd.
+        ``frozen`` / ``frozen_backbone``: entries whose gradient the caller does not use, see
+        ``kernels.support_pass`` (only the fused path makes use of them).
+        """
+        if not self.create_graph and kernels.applies(params, self.backbone):
+            result = kernels.support_pass(params, self.inputs, self.labels, self.backbone, with_grads, frozen,
+                                          frozen_backbone)
+            return self._add_extra_terms(params, result) if self.has_extra_terms() else result
+        with torch.enable_grad():
+            if not self.create_graph:  # the gradient's value is all that is needed: fresh leaves
+                params = {name: value.detach().requires_grad_(True) for name, value in params.items()}
+            logits = self.logits(params)
+            loss = self.objective(params, logits)
+            grads = None
+            if with_grads:
+                values = torch.autograd.grad(loss, list(params.values()), create_graph=self.create_graph)
+                grads = dict(zip(params, values))
+        return SupportPass(loss, logits, grads, None)
+
+    def _add_extra_terms(self, params: Params, result: SupportPass) -> SupportPass:
+        """``result`` (the cross-entropy alone) plus the objective's other terms and their gradient."""
+        leaves = {name: value.detach().requires_grad_(True) for name, value in params.items()}
+        logits = result.logits.detach()
+        with torch.enable_grad():
+            extra = self.objective(leaves, logits) - F.cross_entropy(logits, self.labels)
+            grads = result.grads
+            if grads is not None and extra.requires_grad:
+                extra_grads = torch.autograd.grad(extra, list(leaves.values()), allow_unused=True)
+                grads = {name: grads[name] if extra_grad is None else grads[name] + extra_grad
+                         for name, extra_grad in zip(leaves, extra_grads)}
+        return SupportPass(result.loss + extra.detach(), result.logits, grads, result.stats)
 
 
 class InnerOptimizer(ABC):

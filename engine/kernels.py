@@ -1,0 +1,252 @@
+"""The Conv-4 support loss and its gradient, derived by hand, for inner loops that need no graph.
+
+Test-time adaptation (and the inner loops of first-order MAML, Reptile and iMAML) only need the
+support loss's value and its gradient at each step, never a graph through the step, for which
+autograd records ~60 nodes per step. Here the forward pass calls
+PyTorch's fused kernels (convolution, native batch norm, ReLU in place) and the backward pass
+calls their backward kernels directly (``convolution_backward``, ``native_batch_norm_backward``,
+``threshold_backward``), in the order autograd would, without recording anything. The result is
+the same function and the same gradient (``tests/test_performance_paths.py`` pins both against
+autograd in float64), with less per-step overhead. The step-0 backbone backward is skipped
+outright: through the zero head the backbone's gradient is exactly zero.
+
+It also returns each layer's batch-norm statistics on the support set, so queries can be
+predicted with the support set's statistics without running the support set through the network
+again (:func:`logits_with_stats`).
+
+``with fused(False):`` switches off every fast path (these kernels, and the closed-form first
+inner step of the MAML family): tests and the benchmark compare against that autograd reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.nets import BN_EPS, BackboneConfig, Params, conv3x3
+
+_ENABLED = True
+
+# Per layer: the support set's batch-norm mean and 1/sqrt(var + eps), each [channels].
+LayerStats = tuple[Tensor, Tensor]
+
+
+def enabled() -> bool:
+    """Whether inner loops use the fused path (on by default)."""
+    return _ENABLED
+
+
+@contextlib.contextmanager
+def fused(on: bool) -> Iterator[None]:
+    """Temporarily switch the fused path on or off (the reference is plain autograd)."""
+    global _ENABLED
+    previous, _ENABLED = _ENABLED, on
+    try:
+        yield
+    finally:
+        _ENABLED = previous
+
+
+def applies(params: Params, backbone: BackboneConfig, head: bool = True) -> bool:
+    """Whether the fused path is on and ``params`` is exactly the Conv-4 (plus a linear head if
+    ``head``): what these kernels implement. Anything else goes through autograd."""
+    expected = {f"{kind}{layer}.{field}" for layer in range(backbone.layers)
+                for kind, field in (("conv", "weight"), ("bn", "weight"), ("bn", "bias"))}
+    if head:
+        expected |= {"head.weight", "head.bias"}
+    return _ENABLED and set(params) == expected
+
+
+@dataclass
+class _Layer:
+    """What one layer's backward needs from its forward."""
+
+    conv_input: Tensor
+    conv_output: Tensor
+    activation: Tensor  # after ReLU, before any pooling
+    mean: Tensor
+    invstd: Tensor
+    pool_indices: Tensor | None
+    output_shape: torch.Size  # what the next layer (or the average pooling) receives
+
+
+@dataclass
+class SupportPass:
+    """The support loss at some fast weights, its logits, gradient (None if not asked) and the
+    support set's batch-norm statistics per layer (None when autograd computed the rest)."""
+
+    loss: Tensor
+    logits: Tensor
+    grads: Params | None
+    stats: list[LayerStats] | None
+
+
+def _conv(x: Tensor, weight: Tensor, backbone: BackboneConfig) -> Tensor:
+    return conv3x3(x, weight, backbone.conv_stride)
+
+
+def _forward(params: Params, x: Tensor, backbone: BackboneConfig) -> tuple[Tensor, Tensor, list[_Layer]]:
+    """Embeddings and logits with batch statistics of ``x`` itself, plus what backward needs."""
+    layers: list[_Layer] = []
+    h = x
+    for layer in range(backbone.layers):
+        conv_output = _conv(h, params[f"conv{layer}.weight"], backbone)
+        normalised, mean, invstd = torch.native_batch_norm(
+            conv_output, params[f"bn{layer}.weight"], params[f"bn{layer}.bias"], None, None, True, 0.0, BN_EPS)
+        activation = normalised.clamp_min_(0.0)  # ReLU in place: the normalised copy is not needed
+        indices = None
+        if backbone.downsample == "maxpool":
+            pooled, indices = F.max_pool2d_with_indices(activation, 2)
+        else:
+            pooled = activation
+        layers.append(_Layer(h, conv_output, activation, mean, invstd, indices, pooled.shape))
+        h = pooled
+    features = h.mean(dim=(2, 3))
+    logits = torch.addmm(params["head.bias"], features, params["head.weight"].t())
+    return features, logits, layers
+
+
+def _backward(params: Params, labels: Tensor, backbone: BackboneConfig, features: Tensor, logits: Tensor,
+              layers: list[_Layer]) -> Params:
+    """The gradient of mean cross-entropy w.r.t. every entry of ``params``, layer by layer."""
+    count = logits.shape[0]
+    # d CE / d logits = (softmax - one_hot) / n
+    grad_logits = torch.softmax(logits, dim=1)
+    grad_logits[torch.arange(count, device=labels.device), labels] -= 1.0
+    grad_logits.div_(count)
+    grads: Params = {"head.weight": grad_logits.t() @ features, "head.bias": grad_logits.sum(dim=0)}
+    grad_features = grad_logits @ params["head.weight"]
+    if grad_features.device.type == "cpu" and not grad_features.any():
+        # The zero-initialised head at step 0: nothing reaches the backbone, whose gradient is
+        # exactly zero. Skipping its backward saves one of the inner loop's backward passes.
+        # (Not on GPUs, where the test would cost a synchronisation.)
+        grads.update({name: torch.zeros_like(value) for name, value in params.items() if name not in grads})
+        return {name: grads[name] for name in params}
+    shape = layers[-1].output_shape
+    grad_h = (grad_features / (shape[2] * shape[3]))[:, :, None, None].expand(shape)
+    stride = [backbone.conv_stride] * 2
+    for layer in reversed(range(backbone.layers)):
+        saved = layers[layer]
+        if saved.pool_indices is not None:
+            grad_h = torch.ops.aten.max_pool2d_with_indices_backward(
+                grad_h.contiguous(), saved.activation, [2, 2], [2, 2], [0, 0], [1, 1], False, saved.pool_indices)
+        grad_normalised = torch.ops.aten.threshold_backward(grad_h, saved.activation, 0.0)
+        weight = params[f"bn{layer}.weight"]
+        grad_conv, grads[f"bn{layer}.weight"], grads[f"bn{layer}.bias"] = torch.ops.aten.native_batch_norm_backward(
+            grad_normalised, saved.conv_output, weight, None, None, saved.mean, saved.invstd, True, BN_EPS,
+            [True, True, True])
+        conv_weight = params[f"conv{layer}.weight"]
+        # The images need no gradient: layer 0 computes only its weight's.
+        grad_h, grads[f"conv{layer}.weight"], _ = torch.ops.aten.convolution_backward(
+            grad_conv, saved.conv_input, conv_weight, None, stride, [1, 1], [1, 1], False, [0, 0], 1,
+            [layer > 0, True, False])
+    return {name: grads[name] for name in params}
+
+
+@dataclass
+class FrozenBackbone:
+    """The support embedding of one inner loop whose backbone does not move (e.g. pretrain's linear
+    probe: every backbone step size 0): computed once, reused while the backbone's values are
+    bitwise the same (checked at every use, so reuse is exact by construction)."""
+
+    backbone_values: Params | None = None
+    features: Tensor | None = None
+    stats: list[LayerStats] | None = None
+
+    def embedding(self, values: Params, inputs: Tensor, backbone: BackboneConfig) -> tuple[Tensor, list[LayerStats]]:
+        current = {name: value for name, value in values.items() if not name.startswith("head.")}
+        cached = self.backbone_values
+        if (cached is None or self.features is None or self.stats is None or cached.keys() != current.keys()
+                or not all(torch.equal(cached[name], value) for name, value in current.items())):
+            self.features, self.stats = support_embedding(current, inputs, backbone)
+            self.backbone_values = current
+        assert self.features is not None and self.stats is not None
+        return self.features, self.stats
+
+
+def _head_only_pass(values: Params, inputs: Tensor, labels: Tensor, backbone: BackboneConfig, with_grads: bool,
+                    frozen_backbone: FrozenBackbone) -> SupportPass:
+    """``support_pass`` when no backbone gradient is wanted: the (cached) embedding, the head's
+    logits and the head's gradient; the backbone's entries get zeros."""
+    features, stats = frozen_backbone.embedding(values, inputs, backbone)
+    logits = torch.addmm(values["head.bias"], features, values["head.weight"].t())
+    loss = F.cross_entropy(logits, labels)
+    grads = None
+    if with_grads:
+        grad_logits = torch.softmax(logits, dim=1)
+        grad_logits[torch.arange(labels.shape[0], device=labels.device), labels] -= 1.0
+        grad_logits.div_(labels.shape[0])
+        grads = {name: torch.zeros_like(value) for name, value in values.items()}
+        grads["head.weight"] = grad_logits.t() @ features
+        grads["head.bias"] = grad_logits.sum(dim=0)
+    return SupportPass(loss, logits, grads, stats)
+
+
+def support_pass(params: Params, inputs: Tensor, labels: Tensor, backbone: BackboneConfig,
+                 with_grads: bool = True, frozen: frozenset[str] = frozenset(),
+                 frozen_backbone: FrozenBackbone | None = None) -> SupportPass:
+    """Mean support cross-entropy at ``params`` (batch statistics of the support set), its logits,
+    its gradient w.r.t. every entry of ``params`` (if ``with_grads``) and the per-layer statistics.
+    Builds no autograd graph; the gradient equals autograd's through ``engine.nets.classify``.
+
+    ``frozen`` names entries whose gradient the caller will not use (returned as zeros): when it
+    covers the whole backbone and ``frozen_backbone`` is given, no backward pass runs below the
+    head and the support embedding is computed once per backbone value.
+    """
+    with torch.no_grad():
+        values = {name: value.detach() for name, value in params.items()}
+        if frozen_backbone is not None and all(name in frozen for name in values if not name.startswith("head.")):
+            return _head_only_pass(values, inputs, labels, backbone, with_grads, frozen_backbone)
+        features, logits, layers = _forward(values, inputs, backbone)
+        loss = F.cross_entropy(logits, labels)
+        grads = _backward(values, labels, backbone, features, logits, layers) if with_grads else None
+    return SupportPass(loss, logits, grads, [(saved.mean, saved.invstd) for saved in layers])
+
+
+def embed_with_stats(params: Params, x: Tensor, backbone: BackboneConfig, stats: list[LayerStats]) -> Tensor:
+    """Embeddings of ``x`` normalised with given per-layer statistics (e.g. the support set's): the
+    same as ``engine.nets.embed`` on ``[support; x]`` with ``stats_count=len(support)``, without
+    running the support set again. No graph."""
+    with torch.no_grad():
+        h = x
+        for layer in range(backbone.layers):
+            mean, invstd = stats[layer]
+            scale = invstd * params[f"bn{layer}.weight"].detach()
+            shift = params[f"bn{layer}.bias"].detach() - mean * scale
+            h = _conv(h, params[f"conv{layer}.weight"].detach(), backbone)
+            h = torch.addcmul(shift.view(1, -1, 1, 1), h, scale.view(1, -1, 1, 1)).clamp_min_(0.0)
+            if backbone.downsample == "maxpool":
+                h = F.max_pool2d(h, 2)
+        return h.mean(dim=(2, 3))
+
+
+def logits_with_stats(params: Params, x: Tensor, backbone: BackboneConfig, stats: list[LayerStats]) -> Tensor:
+    """Head logits of :func:`embed_with_stats`."""
+    features = embed_with_stats(params, x, backbone, stats)
+    return torch.addmm(params["head.bias"].detach(), features, params["head.weight"].detach().t())
+
+
+def support_embedding(params: Params, inputs: Tensor, backbone: BackboneConfig) -> tuple[Tensor, list[LayerStats]]:
+    """Embeddings of the support set with its own batch statistics, and those statistics (no graph)."""
+    with torch.no_grad():
+        values = {name: value.detach() for name, value in params.items()}
+        h = inputs
+        stats: list[LayerStats] = []
+        for layer in range(backbone.layers):
+            h, mean, invstd = torch.native_batch_norm(
+                _conv(h, values[f"conv{layer}.weight"], backbone), values[f"bn{layer}.weight"],
+                values[f"bn{layer}.bias"], None, None, True, 0.0, BN_EPS)
+            h = h.clamp_min_(0.0)
+            if backbone.downsample == "maxpool":
+                h = F.max_pool2d(h, 2)
+            stats.append((mean, invstd))
+        return h.mean(dim=(2, 3)), stats
+
+
+__all__ = ["FrozenBackbone", "LayerStats", "SupportPass", "applies", "embed_with_stats", "enabled", "fused",
+           "logits_with_stats", "support_embedding", "support_pass"]
