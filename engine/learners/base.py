@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from engine.data.tasks import sample_task
@@ -200,11 +201,19 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
     return (logits.argmax(dim=-1) == labels).float().mean().item()
 
 
+def query_meta_loss(logits_and_labels: Sequence[tuple[Tensor, Tensor]]) -> MetaLoss:
+    """Mean query cross-entropy over a batch of tasks, with the batch's query metrics."""
+    losses = [F.cross_entropy(logits, labels) for logits, labels in logits_and_labels]
+    accuracies = [accuracy(logits, labels) for logits, labels in logits_and_labels]
+    query_loss, query_accuracy = mean_metrics(losses, accuracies)
+    return MetaLoss(loss=torch.stack(losses).mean(), query_loss=query_loss, query_accuracy=query_accuracy)
+
+
 def mean_metrics(losses: list[Tensor], accuracies: list[float]) -> tuple[float, float]:
     return float(torch.stack([l.detach() for l in losses]).mean()), sum(accuracies) / len(accuracies)
 
 
 __all__ = [
     "AdaptSettings", "Adapted", "LEARNERS", "Learner", "LearnerConfig", "MetaLoss", "StepRecord",
-    "Stopwatch", "accuracy", "get_learner_class", "mean_metrics", "register_learner",
+    "Stopwatch", "accuracy", "get_learner_class", "mean_metrics", "query_meta_loss", "register_learner",
 ]

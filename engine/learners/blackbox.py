@@ -50,7 +50,7 @@ from torch import Tensor
 
 from engine.data.tasks import Task, sample_task
 from engine.learners.base import (
-    AdaptSettings, Adapted, Learner, LearnerConfig, MetaLoss, StepRecord, Stopwatch, accuracy, mean_metrics,
+    AdaptSettings, Adapted, Learner, LearnerConfig, MetaLoss, StepRecord, Stopwatch, accuracy, query_meta_loss,
     register_learner,
 )
 from engine.nets import BackboneConfig, Params, embed
@@ -274,13 +274,7 @@ class BlackBox(Learner):
         return answer(params, query_features, memory, classes)
 
     def meta_loss(self, tasks: Sequence[Task]) -> MetaLoss:
-        losses, accuracies = [], []
-        for task in tasks:
-            logits = self.episode_logits(self.params, task)
-            losses.append(F.cross_entropy(logits, task.query_y))
-            accuracies.append(accuracy(logits, task.query_y))
-        query_loss, query_accuracy = mean_metrics(losses, accuracies)
-        return MetaLoss(loss=torch.stack(losses).mean(), query_loss=query_loss, query_accuracy=query_accuracy)
+        return query_meta_loss([(self.episode_logits(self.params, task), task.query_y) for task in tasks])
 
     @torch.no_grad()
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from engine import kernels
 from engine.learners.base import (
-    AdaptSettings, Adapted, Learner, MetaLoss, StepRecord, Stopwatch, accuracy, mean_metrics, register_learner,
+    AdaptSettings, Adapted, Learner, MetaLoss, StepRecord, Stopwatch, accuracy, query_meta_loss, register_learner,
 )
 from engine.nets import Params, embed
 
@@ -49,13 +49,7 @@ class ProtoNet(Learner):
         return prototype_logits(features[:num_support], protos), prototype_logits(features[num_support:], protos)
 
     def meta_loss(self, tasks: Sequence["Task"]) -> MetaLoss:
-        losses, accuracies = [], []
-        for task in tasks:
-            _, logits = self.episode_logits(self.params, task)
-            losses.append(F.cross_entropy(logits, task.query_y))
-            accuracies.append(accuracy(logits, task.query_y))
-        query_loss, query_accuracy = mean_metrics(losses, accuracies)
-        return MetaLoss(loss=torch.stack(losses).mean(), query_loss=query_loss, query_accuracy=query_accuracy)
+        return query_meta_loss([(self.episode_logits(self.params, task)[1], task.query_y) for task in tasks])
 
     @torch.no_grad()
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:
