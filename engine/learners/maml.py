@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine import kernels
-from engine.learners.base import MetaLoss, accuracy, mean_metrics, register_learner
+from engine.learners.base import MetaLoss, query_meta_loss, register_learner
 from engine.learners.gradient import GradientLearner, GradientTransform, inner_loop, straight_through
 from engine.nets import Params, backbone_only, classify, embed
 from engine.optim import InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
@@ -134,18 +134,10 @@ class MAML(GradientLearner):
         return list(logits.unbind(0))
 
     def meta_loss(self, tasks: Sequence["Task"]) -> MetaLoss:
-        losses: list[Tensor] = []
-        accuracies: list[float] = []
-        batched = self.one_pass_query_logits(tasks)
-        for index, task in enumerate(tasks):
-            if batched is not None:
-                logits = batched[index]
-            else:
-                logits = query_logits(self, self.adapted_weights(task), task)
-            losses.append(F.cross_entropy(logits, task.query_y))
-            accuracies.append(accuracy(logits, task.query_y))
-        query_loss, query_accuracy = mean_metrics(losses, accuracies)
-        return MetaLoss(loss=torch.stack(losses).mean(), query_loss=query_loss, query_accuracy=query_accuracy)
+        logits = self.one_pass_query_logits(tasks)
+        if logits is None:
+            logits = [query_logits(self, self.adapted_weights(task), task) for task in tasks]
+        return query_meta_loss([(task_logits, task.query_y) for task_logits, task in zip(logits, tasks)])
 
 
 @register_learner

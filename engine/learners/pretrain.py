@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.data.tasks import ROTATIONS, Task
-from engine.learners.base import AdaptSettings, LearnerConfig, MetaLoss, accuracy, register_learner
+from engine.learners.base import AdaptSettings, LearnerConfig, MetaLoss, query_meta_loss, register_learner
 from engine.learners.gradient import META_PREFIX, GradientConfig, GradientLearner
 from engine.nets import Params, embed
 from engine.optim import LearningRate
@@ -139,16 +139,13 @@ class Pretrain(GradientLearner):
     def meta_loss(self, tasks: Sequence[Task]) -> MetaLoss:
         """Cross-entropy of the global classifier on every image of each batch (support and query
         alike), labels read as global class indices."""
-        losses, accuracies = [], []
+        pairs = []
         for task in tasks:
             if task.ways > self.config.num_classes:
                 raise ValueError(f"labels up to {task.ways - 1} do not fit the {self.config.num_classes}-class head")
             x, y = torch.cat([task.support_x, task.query_x]), torch.cat([task.support_y, task.query_y])
-            logits = global_logits(self.params, x, self)
-            losses.append(F.cross_entropy(logits, y))
-            accuracies.append(accuracy(logits, y))
-        loss = torch.stack(losses).mean()
-        return MetaLoss(loss=loss, query_loss=loss.item(), query_accuracy=sum(accuracies) / len(accuracies))
+            pairs.append((global_logits(self.params, x, self), y))
+        return query_meta_loss(pairs)
 
     # -- adaptation: fine-tuning a fresh head ------------------------------------------------
     def finetune_mode(self, settings: AdaptSettings | None) -> str:
