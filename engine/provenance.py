@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+from engine.data.download import file_digest
 from engine.paths import REPO_ROOT
 
 
@@ -27,13 +28,10 @@ def dataset_fingerprint(data_dir: Path) -> dict[str, str]:
     for split in ("background", "evaluation"):
         archive = data_dir / f"images_{split}.zip"
         folder = data_dir / f"images_{split}"
-        digest = hashlib.sha256()
         if archive.exists():
-            with archive.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            fingerprint[archive.name] = digest.hexdigest()
+            fingerprint[archive.name] = file_digest(archive, "sha256")
         elif folder.exists():
+            digest = hashlib.sha256()
             for path in sorted(folder.rglob("*.png")):
                 digest.update(str(path.relative_to(folder)).encode())
             fingerprint[folder.name + "/ (file list)"] = digest.hexdigest()

@@ -14,7 +14,6 @@ writes ``<models>/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import evaluate
+from engine.data.download import file_digest
 from engine.learners import LEARNERS
 from engine.paths import REPO_ROOT
 
@@ -73,14 +73,6 @@ def setting_name(ways: int, shots: int) -> str:
     return f"{ways}w{shots}s"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -101,7 +93,7 @@ def evaluate_checkpoint(models: Path, algorithm: str, ways: int, shots: int, tas
                         data_dir: str | None, device: str) -> dict[str, Any]:
     """The stored evaluation when it matches the checkpoint and task count, else a fresh one."""
     checkpoint = models / algorithm / "model"
-    sha = file_sha256(checkpoint.with_suffix(".safetensors"))
+    sha = file_digest(checkpoint.with_suffix(".safetensors"), "sha256")
     path = evaluation_path(models, algorithm, ways, shots)
     stored = read_json(path)
     if stored is not None and stored.get("checkpoint_sha256") == sha and stored.get("tasks") == tasks:
@@ -123,7 +115,7 @@ def evaluate_checkpoint(models: Path, algorithm: str, ways: int, shots: int, tas
 
 def current_evaluations(models: Path, algorithm: str) -> dict[tuple[int, int], dict[str, Any]]:
     """Stored evaluations that still describe the shipped checkpoint (same SHA-256)."""
-    sha = file_sha256(models / algorithm / "model.safetensors")
+    sha = file_digest(models / algorithm / "model.safetensors", "sha256")
     stored = {(ways, shots): read_json(evaluation_path(models, algorithm, ways, shots)) for ways, shots in SETTINGS}
     return {setting: result for setting, result in stored.items()
             if result is not None and result.get("checkpoint_sha256") == sha}

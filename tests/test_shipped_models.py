@@ -11,6 +11,7 @@ import pytest
 
 from engine import results
 from engine.checkpoint import load_learner, read_metadata
+from engine.data.download import file_digest
 from engine.data.omniglot import load_split
 from engine.data.tasks import task_stream
 from engine.evaluate import score, task_accuracies
@@ -60,7 +61,7 @@ def test_results_table_from_stored_evaluations(tmp_path: Path) -> None:
     (run / "curve.jsonl").write_text("".join(json.dumps({"step": s, "seconds": 2.0 * s, "val_accuracy": 0.5 + s / 100})
                                              + "\n" for s in (5, 10)))
     stored = {"algorithm": "maml", "ways": 5, "shots": 1, "tasks": 7, "accuracy": 0.91, "ci95": 0.02,
-              "inner_steps": 10, "checkpoint_sha256": results.file_sha256(run / "model.safetensors")}
+              "inner_steps": 10, "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}
     path = results.evaluation_path(tmp_path, "maml", 5, 1)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(stored))
@@ -74,3 +75,9 @@ def test_results_table_from_stored_evaluations(tmp_path: Path) -> None:
     assert "5w1s missed by 7.7 pt" in table  # MAML must meet its figure: 98.7 - 91.0
     assert "30 steps ≈ 0.0 h" in table  # 40-step schedule, 10 done at 2 s each
     assert (run / "curve.png").stat().st_size > 0
+
+    # A retrained checkpoint: the stored evaluation no longer describes it and leaves the table.
+    (run / "model.safetensors").write_bytes(b"other weights")
+    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "**maml** (ours)" not in table and "| maml | not evaluated yet |" in table
