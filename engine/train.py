@@ -224,17 +224,19 @@ class Trainer:
                  "commit": self.provenance.get("git_commit")}
         self.pieces.append(piece)
         last_save = time.monotonic()
+        piece_seconds = 0.0
         bar = tqdm(total=c.meta_steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
         val_accuracy = float("nan")
         while self.step < c.meta_steps:
-            if max_minutes is not None and piece["seconds"] >= 60 * max_minutes:
+            if max_minutes is not None and piece_seconds >= 60 * max_minutes:
                 break
             started = time.perf_counter()
             loss, query_accuracy = self.train_step()
             self.step += 1
             elapsed = time.perf_counter() - started
             self.train_seconds += elapsed
-            piece["seconds"] = round(piece["seconds"] + elapsed, 1)
+            piece_seconds += elapsed
+            piece["seconds"] = round(piece_seconds, 1)  # rounded for the record only: steps can be < 0.05 s
             piece["end_step"] = self.step
             record: dict[str, Any] = {"step": self.step, "seconds": round(self.train_seconds, 2), "loss": loss,
                                       "query_accuracy": query_accuracy}

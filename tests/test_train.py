@@ -158,3 +158,15 @@ def test_short_training_lifts_validation_accuracy_well_above_chance(name: str, o
     chance = 1 / config.val_ways
     assert after >= 0.5 > 2 * chance, f"{name}: {before:.3f} -> {after:.3f}"
     assert after >= before + 0.1, f"{name}: {before:.3f} -> {after:.3f}"
+
+
+def test_max_minutes_pauses_with_the_state_saved(omniglot_dir: Path, tmp_path: Path) -> None:
+    """``--max-minutes``: the piece stops after its time (here: after the first step), saves a
+    resumable state, and a later piece carries on from there to the end of the schedule."""
+    args = ["--algorithm", "protonet", "--out", str(tmp_path), "--meta-steps", "3", "--ways", "5", "--channels", "8",
+            "--val-every", "3", "--val-tasks", "2", "--no-progress"]
+    assert train.main(["--data-dir", str(omniglot_dir), *args, "--max-minutes", "1e-9"]) == 0
+    assert json.loads((tmp_path / "resume.json").read_text())["step"] == 1
+    assert train.main(["--data-dir", str(omniglot_dir), *args, "--resume"]) == 0
+    metadata = read_metadata(tmp_path / "last")
+    assert metadata["meta_step"] == 3 and [p["start_step"] for p in metadata["pieces"]] == [0, 1]
