@@ -257,6 +257,8 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
         per_step = status["seconds_per_step"]
         remaining = max(status["schedule"] - status["trained"], 0)
         finish = "done" if remaining == 0 else f"{remaining} steps ≈ {format_hours(remaining * per_step)}"
+        if results is not None and remaining > 0:
+            targets += " (checkpoint of an unfinished schedule: the CPU budget stopped it so far)"
         published = PUBLISHED.get(algorithm)
         paper = ("—" if published is None or published.meta_steps is None
                  else f"{published.meta_steps} steps ≈ {format_hours(published.meta_steps * per_step)}")

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
 from app.canvas import png_data_url
+from app import ui
 from app.ui import query_label_key
 from engine.checkpoint import save_learner
 from engine.learners import LEARNERS
@@ -460,3 +461,16 @@ def test_a_task_link_brings_the_sampled_task_back(models_dir: Path, tiny_omniglo
     again = workspace(fresh)
     assert again.omniglot == {"seed": seed, "ways": 2, "shots": 1, "queries_per_class": 1}
     assert all((a == b.pixels).all() for a, b in zip(pixels, [e for c in again.visible_classes for e in c.examples(1)]))
+
+
+def test_comparisons_spread_algorithms_over_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One algorithm per core by default (never more workers than algorithms); the environment
+    variable overrides it."""
+    monkeypatch.delenv(ui.WORKERS_ENV, raising=False)
+    monkeypatch.setenv(ui.THREADS_ENV, "1")
+    monkeypatch.setattr(ui.os, "cpu_count", lambda: 2)
+    assert ui.compute_workers(9) == 2 and ui.compute_workers(1) == 1
+    monkeypatch.setattr(ui.os, "cpu_count", lambda: 16)
+    assert ui.compute_workers(9) == 4
+    monkeypatch.setenv(ui.WORKERS_ENV, "1")
+    assert ui.compute_workers(9) == 1

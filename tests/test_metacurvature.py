@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.learners.metacurvature import MC_PREFIX, curvature_transform, mode_product
+from engine.learners.metacurvature import MC_PREFIX, curvature_transform
 from test_learners import make, meta_gradient, tasks, to_double
 
 
@@ -19,8 +19,11 @@ def test_mode_products_equal_the_kronecker_matrix_vector_form() -> None:
     # mc1: M_o = I.
     kron_1 = torch.kron(torch.kron(torch.eye(c_out, dtype=torch.float64), m_in), m_f)
     torch.testing.assert_close(curvature_transform(g, None, m_in, m_f).reshape(-1), kron_1 @ g.reshape(-1))
-    # A single mode product is the matrix product along that dimension.
-    torch.testing.assert_close(mode_product(g, m_in, 1), torch.einsum("ij,ojf->oif", m_in, g))
+    # Each mode alone (the other matrices identities) is the matrix product along that dimension.
+    eye_in, eye_f = torch.eye(c_in, dtype=torch.float64), torch.eye(d, dtype=torch.float64)
+    torch.testing.assert_close(curvature_transform(g, None, m_in, eye_f), torch.einsum("ij,ojf->oif", m_in, g))
+    torch.testing.assert_close(curvature_transform(g, m_out, eye_in, eye_f), torch.einsum("ij,jof->iof", m_out, g))
+    torch.testing.assert_close(curvature_transform(g, None, eye_in, m_f), torch.einsum("ij,ofj->ofi", m_f, g))
 
 
 @pytest.mark.parametrize("name", ["mc1", "mc2"])

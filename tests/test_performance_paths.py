@@ -105,7 +105,7 @@ def test_cached_support_statistics_predict_as_the_joint_batch(backbone: Backbone
 
 
 def test_extra_objective_terms_join_the_fused_gradient() -> None:
-    """iMAML's proximal term: cross-entropy by the kernels, the penalty by autograd."""
+    """iMAML's proximal term: cross-entropy by the kernels, the penalty in closed form."""
     params = random_network(SMALL, 3)
     anchor = {name: value + 0.1 for name, value in params.items()}
     x, y = images(6, 5), torch.arange(3).repeat(2)

@@ -74,6 +74,7 @@ def test_results_table_from_stored_evaluations(tmp_path: Path) -> None:
     assert "MAML (Finn et al. 2017) | 98.70 |" in table
     assert "5w1s missed by 7.7 pt" in table  # MAML must meet its figure: 98.7 - 91.0
     assert "30 steps ≈ 0.0 h" in table  # 40-step schedule, 10 done at 2 s each
+    assert "unfinished schedule: the CPU budget stopped it" in table
     assert (run / "curve.png").stat().st_size > 0
 
     # A retrained checkpoint: the stored evaluation no longer describes it and leaves the table.

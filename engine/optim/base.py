@@ -73,18 +73,27 @@ class InnerProblem:
                 grads = dict(zip(params, values))
         return SupportPass(loss, logits, grads, None)
 
-    def _add_extra_terms(self, params: Params, result: SupportPass) -> SupportPass:
-        """``result`` (the cross-entropy alone) plus the objective's other terms and their gradient."""
+    def extra_terms(self, params: Params, logits: Tensor) -> tuple[Tensor, Params]:
+        """The value of ``objective``'s terms beyond the cross-entropy at ``params`` and their
+        gradient w.r.t. every entry (no graph). By autograd here; a subclass whose terms have a
+        closed-form gradient overrides this, since the fused inner loop calls it at every step."""
         leaves = {name: value.detach().requires_grad_(True) for name, value in params.items()}
-        logits = result.logits.detach()
+        logits = logits.detach()
         with torch.enable_grad():
             extra = self.objective(leaves, logits) - F.cross_entropy(logits, self.labels)
-            grads = result.grads
-            if grads is not None and extra.requires_grad:
-                extra_grads = torch.autograd.grad(extra, list(leaves.values()), allow_unused=True)
-                grads = {name: grads[name] if extra_grad is None else grads[name] + extra_grad
-                         for name, extra_grad in zip(leaves, extra_grads)}
-        return SupportPass(result.loss + extra.detach(), result.logits, grads, result.stats)
+            if not extra.requires_grad:
+                return extra.detach(), {name: torch.zeros_like(value) for name, value in leaves.items()}
+            grads = torch.autograd.grad(extra, list(leaves.values()), allow_unused=True)
+        return extra.detach(), {name: torch.zeros_like(leaves[name]) if grad is None else grad
+                                for name, grad in zip(leaves, grads)}
+
+    def _add_extra_terms(self, params: Params, result: SupportPass) -> SupportPass:
+        """``result`` (the cross-entropy alone) plus the objective's other terms and their gradient."""
+        value, extra_grads = self.extra_terms(params, result.logits)
+        grads = result.grads
+        if grads is not None:
+            grads = {name: grads[name] + extra_grads[name] for name in grads}
+        return SupportPass(result.loss + value, result.logits, grads, result.stats)
 
 
 class InnerOptimizer(ABC):
