@@ -170,7 +170,7 @@ def workspace() -> Workspace:
 
 def _init_widget_defaults(ws: Workspace) -> None:
     defaults = {"ways": ws.ways, "shots": ws.shots, "auto_run": True, "use_defaults": True, "steps": 10,
-                "lr": 0.4, "optimizer": "sgd" if "sgd" in INNER_OPTIMIZERS else sorted(INNER_OPTIMIZERS)[0],
+                "lr": 0.4, "optimizer": MODEL_DEFAULT,
                 "seed": random.randint(0, 9999), "queries_per_class": 1, "layout": LAYOUTS[0],
                 "finetune": MODEL_DEFAULT}
     for key, value in defaults.items():
@@ -337,12 +337,13 @@ def render_sidebar(models: dict[str, ModelEntry]) -> tuple[list[str], AdaptSetti
                                              format="%.4g", key="lr",
                                              help="Very large values make the inner loop diverge: "
                                                   "the app then says so next to the algorithm."))
-        optimizers = sorted(INNER_OPTIMIZERS)
+        optimizers = [MODEL_DEFAULT, *sorted(INNER_OPTIMIZERS)]
         if st.session_state.get("optimizer") not in optimizers:
-            st.session_state["optimizer"] = optimizers[0]
+            st.session_state["optimizer"] = MODEL_DEFAULT
         optimizer = st.selectbox("Inner-loop optimizer", optimizers, key="optimizer",
-                                 help="Every optimizer the engine registers (engine.optim).")
-        doc = (INNER_OPTIMIZERS[optimizer].__doc__ or "").strip().splitlines()
+                                 help="Every optimizer the engine registers (engine.optim); the model default "
+                                      "is the one each model was meta-trained with (sgd, or armijo for iMAML).")
+        doc = [] if optimizer == MODEL_DEFAULT else (INNER_OPTIMIZERS[optimizer].__doc__ or "").strip().splitlines()
         if doc:
             st.caption(doc[0])
         if selected and not gradient:
@@ -360,7 +361,8 @@ def render_sidebar(models: dict[str, ModelEntry]) -> tuple[list[str], AdaptSetti
         _, description = _device()
         st.markdown(f":material/memory: `{description}`")
         st.caption("Models run on the GPU when one is available, otherwise on the CPU.")
-    settings = AdaptSettings(steps=steps_value, lr=lr_value, optimizer=str(optimizer), finetune=finetune)
+    settings = AdaptSettings(steps=steps_value, lr=lr_value,
+                             optimizer=None if optimizer == MODEL_DEFAULT else str(optimizer), finetune=finetune)
     return selected, settings, description
 
 
@@ -628,9 +630,12 @@ def task_problems(ws: Workspace) -> dict[str, str]:
 
 def settings_text(settings: AdaptSettings) -> str:
     finetune = "" if settings.finetune is None else f", fine-tuning {settings.finetune}"
+    optimizer = "each model's inner optimizer" if settings.optimizer is None else settings.optimizer
     if settings.steps is None and settings.lr is None:
-        return f"each model's default steps and learning rate, {settings.optimizer}{finetune}"
-    return f"{settings.steps} steps, lr {settings.lr:g}, {settings.optimizer}{finetune}"
+        if settings.optimizer is None:
+            return f"each model's default steps, learning rate and inner optimizer{finetune}"
+        return f"each model's default steps and learning rate, {optimizer}{finetune}"
+    return f"{settings.steps} steps, lr {settings.lr:g}, {optimizer}{finetune}"
 
 
 def run_comparison(ws: Workspace, models: dict[str, ModelEntry], selected: list[str], settings: AdaptSettings,

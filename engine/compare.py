@@ -164,7 +164,11 @@ def effective_settings(learner: Learner,
         lr = None
     else:
         lr = "learned"
-    return steps, lr, settings.optimizer
+    optimizer = settings.optimizer
+    if optimizer is None:
+        default = getattr(learner, "default_optimizer", None)
+        optimizer = default() if callable(default) else None
+    return steps, lr, optimizer
 
 
 def _settings_for(name: str, settings: AdaptSettings | Mapping[str, AdaptSettings] | None) -> AdaptSettings:

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from engine.checkpoint import CheckpointError, load_learner
+from engine.compare import effective_settings
 from engine.data.omniglot import DatasetNotFoundError, load_split
 from engine.data.tasks import Task, task_stream
 from engine.device import resolve_device
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inner-steps", type=int, default=None, help="test-time inner steps (default: the checkpoint's)")
     parser.add_argument("--inner-lr", type=float, default=None, help="test-time inner learning rate")
-    parser.add_argument("--optimizer", default="sgd", help="inner-loop optimizer")
+    parser.add_argument("--optimizer", default=None,
+                        help="inner-loop optimizer (default: the one the checkpoint was meta-trained with)")
     parser.add_argument("--finetune", default=None,
                         help="which weights adaptation changes, for learners that offer a choice (pretrain: head "
                              "or all; default: the checkpoint's)")
@@ -111,14 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = itertools.islice(task_stream(chars, args.ways, args.shots, args.queries, args.seed), args.tasks)
     result = score(task_accuracies(learner, tasks, settings, args.transductive, progress=True, total=args.tasks))
     steps = test_inner_steps(learner, settings)
+    _, _, optimizer = effective_settings(learner, settings)
     bn = "query-batch statistics (transductive)" if args.transductive else "support-set statistics"
     finetune = "" if args.finetune is None else f" fine-tuning {args.finetune}"
     print(f"{learner.name} {args.ways}-way {args.shots}-shot: {100 * result.accuracy:.2f}% "
-          f"+/- {100 * result.ci95:.2f}% (95% CI over {result.tasks} tasks, {steps} inner steps{finetune}, "
+          f"+/- {100 * result.ci95:.2f}% (95% CI over {result.tasks} tasks, {steps} inner steps"
+          f"{'' if optimizer is None else f' ({optimizer})'}{finetune}, "
           f"batch norm: {bn})")
     if args.json is not None:
         payload = {"algorithm": learner.name, "ways": args.ways, "shots": args.shots, "queries": args.queries,
                    "tasks": result.tasks, "accuracy": result.accuracy, "ci95": result.ci95, "inner_steps": steps,
+                   "optimizer": optimizer,
                    "transductive": args.transductive, "finetune": args.finetune, "split": args.split,
                    "seed": args.seed, "checkpoint": str(args.checkpoint)}
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -233,8 +233,10 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
     ]
     for algorithm, results in evaluations.items():
         status = training_status(models / algorithm)
-        steps = "0" if not LEARNERS[algorithm].has_inner_loop else str(
-            next(iter(results.values()))["inner_steps"]) if results else "?"
+        first = next(iter(results.values())) if results else None
+        steps = "0" if not LEARNERS[algorithm].has_inner_loop else "?" if first is None else str(first["inner_steps"])
+        if first is not None and first.get("optimizer") not in (None, "sgd"):
+            steps += f" ({first['optimizer']})"
         lines.append(f"| **{algorithm}** (ours) | " + " | ".join(cell(results.get(s)) for s in SETTINGS)
                      + f" | {steps} | {status['model_step']} / {status['schedule']} |")
         published = PUBLISHED.get(algorithm)

@@ -74,7 +74,7 @@ def flat(tensors: Params, names: list[str]) -> torch.Tensor:
 
 
 def test_every_optimizer_is_registered_documented_and_fresh() -> None:
-    assert {"sgd", "bounded", "newton", "natgrad", "kfac"} <= set(INNER_OPTIMIZERS)
+    assert {"sgd", "armijo", "bounded", "newton", "natgrad", "kfac"} <= set(INNER_OPTIMIZERS)
     for name in ALL:
         optimizer = make_inner_optimizer(name)
         assert optimizer.name == name and optimizer.messages == []
@@ -448,3 +448,30 @@ def test_steps_are_differentiable_for_second_order_meta_gradients(name: str) -> 
     numeric = (shifted[0] - shifted[1]).item() / (2 * eps)
     analytic = sum((g * direction[k]).sum() for g, k in zip(grads, meta)).item()
     assert abs(analytic - numeric) <= 1e-5 * max(1.0, abs(numeric)), (analytic, numeric)
+
+
+# ----------------------------------------------------------------------------- armijo
+
+
+def test_armijo_cuts_a_step_too_large_for_the_curvature_and_keeps_a_small_one() -> None:
+    """At lr 8 plain gradient descent overshoots and raises the loss; the backtracking version
+    never does. At a small lr its full step passes the test and it is plain gradient descent."""
+    x, y = blobs(5, 1, seed=1)
+    problem = InnerProblem(x.double(), y, BackboneConfig(channels=8))
+
+    def losses(name: str, lr: float) -> tuple[list[float], Params]:
+        params, values = network(BackboneConfig(channels=8), ways=5, seed=1), []
+        optimizer = make_inner_optimizer(name)
+        for _ in range(6):
+            loss, grads = gradients(params, problem)
+            values.append(loss.item())
+            params = leaves(optimizer.step(params, grads, loss, lr, problem))
+        return values, params
+
+    plain, _ = losses("sgd", 8.0)
+    searched, _ = losses("armijo", 8.0)
+    assert any(b > a for a, b in zip(plain, plain[1:])), plain
+    assert all(b <= a for a, b in zip(searched, searched[1:])), searched
+    (_, small_sgd), (_, small_armijo) = losses("sgd", 0.05), losses("armijo", 0.05)
+    for name in small_sgd:
+        torch.testing.assert_close(small_armijo[name], small_sgd[name], msg=name)

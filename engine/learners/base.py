@@ -54,7 +54,9 @@ class AdaptSettings:
 
     steps: int | None = None
     lr: float | None = None
-    optimizer: str = "sgd"
+    # An inner optimizer's registered name (engine.optim); None: the learner's own (see
+    # ``GradientLearner.default_optimizer``: plain "sgd" unless it trains with another).
+    optimizer: str | None = None
     # Which weights adaptation may change, for learners that offer a choice (``finetune_modes``,
     # e.g. pretrain's "head" or "all"); None: the learner's own default. Others ignore it.
     finetune: str | None = None

@@ -99,6 +99,10 @@ class GradientLearner(Learner):
             return self.config.test_inner_lr
         return self.config.inner_lr
 
+    def default_optimizer(self) -> str:
+        """The inner optimizer adaptation uses when the settings name none: the one meta-training used."""
+        return "sgd"
+
     def adapt_step_sizes(self, settings: AdaptSettings | None = None) -> LearningRate:
         """The step sizes ``adapt`` uses: ``inner_lr`` unless a learner spreads it over its weights
         differently at test time (pretrain: zero or a smaller rate for the backbone)."""
@@ -130,12 +134,13 @@ class GradientLearner(Learner):
         lr = self.adapt_step_sizes(settings)
         if isinstance(lr, dict):  # learned rates: adaptation needs their values, not their graph
             lr = {k: v.detach() for k, v in lr.items()}
-        optimizer = make_inner_optimizer(settings.optimizer)
+        optimizer_name = settings.optimizer or self.default_optimizer()
+        optimizer = make_inner_optimizer(optimizer_name)
         transform = self.gradient_transform(self.detached_params())
         watch = Stopwatch(self.device)
         trace: list[StepRecord] = []
         warning: str | None = None
-        frozen = frozen_entries(lr, settings.optimizer, transform)
+        frozen = frozen_entries(lr, optimizer_name, transform)
         frozen_backbone = kernels.FrozenBackbone() if frozen else None
         with torch.enable_grad():
             fast = self.detached_start(ways)
