@@ -37,11 +37,14 @@ MatVec = Callable[[Params], Params]
 
 @dataclass
 class IMAMLConfig(GradientConfig):
+    # Defaults: models/train.sh's configuration (the paper's lambda, CG steps and damping).
     inner_steps: int = 10
-    inner_lr: float = 0.4
+    inner_lr: float = 0.2
     lam: float = 2.0  # strength of the proximal term (the paper's lambda)
     cg_steps: int = 5
-    cg_damping: float = 0.0  # solve (I + (H + damping I)/lambda) v = g: guards against negative curvature
+    cg_damping: float = 1.0  # solve (I + (H + damping I)/lambda) v = g: guards against negative curvature
+    # 4x MAML's: the conv weights start 4x larger (below), so Adam's steps are 4x smaller relative to them.
+    meta_lr: float = 4e-3
     # Conv weights start this many times larger than nn.Conv2d's default. Batch norm makes the
     # network's function blind to a conv's scale, but its curvature scales as 1/scale^2: at the
     # default scale the support loss's top Hessian eigenvalue is ~50 on Omniglot tasks, the inner
