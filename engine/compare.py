@@ -150,7 +150,9 @@ def effective_settings(learner: Learner,
         return None, None, None
     settings = settings or AdaptSettings()
     config = getattr(learner, "config", None)
-    steps = settings.steps if settings.steps is not None else getattr(config, "test_inner_steps", None)
+    default_steps = getattr(learner, "default_test_steps", None)
+    steps = settings.steps if settings.steps is not None else (
+        default_steps() if callable(default_steps) else getattr(config, "test_inner_steps", None))
     lr: float | str | None
     try:
         raw = learner.inner_lr(settings)  # type: ignore[attr-defined]

@@ -59,7 +59,7 @@ def test_inner_steps(learner: Learner, settings: AdaptSettings) -> int:
     """Inner steps used at test time (0 for learners without an inner loop)."""
     if not learner.has_inner_loop:
         return 0
-    return settings.steps if settings.steps is not None else learner.config.test_inner_steps  # type: ignore[attr-defined]
+    return settings.steps if settings.steps is not None else learner.default_test_steps()  # type: ignore[attr-defined]
 
 
 def build_parser() -> argparse.ArgumentParser:

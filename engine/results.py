@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from engine import evaluate
+from engine.checkpoint import build_learner, read_metadata
+from engine.compare import effective_settings
 from engine.data.download import file_digest
-from engine.learners import LEARNERS
+from engine.learners import LEARNERS, AdaptSettings
 from engine.paths import REPO_ROOT
 
 SETTINGS: tuple[tuple[int, int], ...] = ((5, 1), (5, 5), (20, 1), (20, 5))
@@ -89,6 +91,27 @@ def evaluation_path(models: Path, algorithm: str, ways: int, shots: int) -> Path
     return models / "eval" / algorithm / f"{setting_name(ways, shots)}.json"
 
 
+def test_settings(checkpoint: Path) -> tuple[int, str | None]:
+    """(inner steps, inner optimizer) that ``engine.evaluate`` uses for ``checkpoint`` by default,
+    read from its configuration (0 and None without an inner loop)."""
+    learner = build_learner(read_metadata(checkpoint))
+    steps, _, optimizer = effective_settings(learner, AdaptSettings())
+    return (0 if steps is None else steps), optimizer
+
+
+def describes(stored: dict[str, Any] | None, sha: str, settings: tuple[int, str | None],
+              tasks: int | None = None) -> bool:
+    """Whether a stored evaluation still describes the checkpoint: same weights (SHA-256), same
+    test-time steps and optimizer (they are part of the checkpoint's configuration and can change
+    without the weights changing), and ``tasks`` if given. Evaluations stored before the optimizer
+    was recorded ran plain sgd."""
+    if stored is None or stored.get("checkpoint_sha256") != sha or (tasks is not None and stored.get("tasks") != tasks):
+        return False
+    steps, optimizer = settings
+    recorded = stored.get("optimizer", "sgd" if stored.get("inner_steps") else None)
+    return stored.get("inner_steps") == steps and recorded == optimizer
+
+
 def evaluate_checkpoint(models: Path, algorithm: str, ways: int, shots: int, tasks: int,
                         data_dir: str | None, device: str) -> dict[str, Any]:
     """The stored evaluation when it matches the checkpoint and task count, else a fresh one."""
@@ -96,8 +119,8 @@ def evaluate_checkpoint(models: Path, algorithm: str, ways: int, shots: int, tas
     sha = file_digest(checkpoint.with_suffix(".safetensors"), "sha256")
     path = evaluation_path(models, algorithm, ways, shots)
     stored = read_json(path)
-    if stored is not None and stored.get("checkpoint_sha256") == sha and stored.get("tasks") == tasks:
-        return stored
+    if describes(stored, sha, test_settings(checkpoint), tasks):
+        return stored  # type: ignore[return-value]
     argv = ["--checkpoint", str(checkpoint), "--ways", str(ways), "--shots", str(shots), "--tasks", str(tasks),
             "--seed", str(EVAL_SEED)]
     shown = [f"models/{algorithm}/model" if a == str(checkpoint) else a for a in argv]
@@ -116,9 +139,9 @@ def evaluate_checkpoint(models: Path, algorithm: str, ways: int, shots: int, tas
 def current_evaluations(models: Path, algorithm: str) -> dict[tuple[int, int], dict[str, Any]]:
     """Stored evaluations that still describe the shipped checkpoint (same SHA-256)."""
     sha = file_digest(models / algorithm / "model.safetensors", "sha256")
+    settings = test_settings(models / algorithm / "model")
     stored = {(ways, shots): read_json(evaluation_path(models, algorithm, ways, shots)) for ways, shots in SETTINGS}
-    return {setting: result for setting, result in stored.items()
-            if result is not None and result.get("checkpoint_sha256") == sha}
+    return {setting: result for setting, result in stored.items() if describes(result, sha, settings)}
 
 
 # -- learning curves ---------------------------------------------------------------------------

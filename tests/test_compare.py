@@ -127,6 +127,16 @@ def test_effective_settings_follow_the_learner_defaults() -> None:
                                                             "sgd")
     assert effective_settings(maml, AdaptSettings(steps=2, lr=0.05)) == (2, 0.05, "sgd")
     assert effective_settings(protonet, AdaptSettings(steps=2, lr=0.05)) == (None, None, None)
+    # Learned step sizes / curvature: as many steps as meta-training took (not test_inner_steps).
+    support_x, support_y = blobs(3, 2)
+    for name in ("metasgd", "mc1", "mc2"):
+        learner = models[name]
+        assert learner.config.inner_steps != learner.config.test_inner_steps
+        assert effective_settings(learner, AdaptSettings())[0] == learner.config.inner_steps
+        trace = learner.adapt(torch.as_tensor(support_x).unsqueeze(1), torch.as_tensor(support_y), 3).trace
+        assert len(trace) == learner.config.inner_steps + 1
+        assert effective_settings(learner, AdaptSettings(steps=4))[0] == 4
+    assert effective_settings(models["imaml"], AdaptSettings())[2] == "armijo"
 
 
 def test_ranked_puts_accuracy_first_and_failures_last() -> None:

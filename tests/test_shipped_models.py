@@ -77,6 +77,16 @@ def test_results_table_from_stored_evaluations(tmp_path: Path) -> None:
     assert "unfinished schedule: the CPU budget stopped it" in table
     assert (run / "curve.png").stat().st_size > 0
 
+    # A checkpoint whose configuration now adapts with other test-time settings: the stored
+    # evaluation (10 steps) no longer describes it either.
+    metadata = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**metadata, "config": {"test_inner_steps": 3}}))
+    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
+    assert "**maml** (ours)" not in (tmp_path / "RESULTS.md").read_text()
+    (run / "model.json").write_text(json.dumps(metadata))
+    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
+    assert "**maml** (ours)" in (tmp_path / "RESULTS.md").read_text()
+
     # A retrained checkpoint: the stored evaluation no longer describes it and leaves the table.
     (run / "model.safetensors").write_bytes(b"other weights")
     assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0

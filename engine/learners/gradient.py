@@ -99,6 +99,10 @@ class GradientLearner(Learner):
             return self.config.test_inner_lr
         return self.config.inner_lr
 
+    def default_test_steps(self) -> int:
+        """Inner steps adaptation takes when the settings give none (``test_inner_steps``)."""
+        return self.config.test_inner_steps
+
     def default_optimizer(self) -> str:
         """The inner optimizer adaptation uses when the settings name none: the one meta-training used."""
         return "sgd"
@@ -130,7 +134,7 @@ class GradientLearner(Learner):
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:
         settings = settings or AdaptSettings()
-        steps = self.config.test_inner_steps if settings.steps is None else settings.steps
+        steps = self.default_test_steps() if settings.steps is None else settings.steps
         lr = self.adapt_step_sizes(settings)
         if isinstance(lr, dict):  # learned rates: adaptation needs their values, not their graph
             lr = {k: v.detach() for k, v in lr.items()}

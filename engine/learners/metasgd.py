@@ -41,6 +41,12 @@ class MetaSGD(MAML):
         rates[LR_PREFIX + "head.bias"] = torch.full((1,), self.config.inner_lr)
         return {**network, **rates}
 
+    def default_test_steps(self) -> int:
+        """As many steps as meta-training took: the rates are learned for exactly those, and more
+        steps overshoot, most at 5 shots (models/RESULTS.md's notes give the measurement).
+        ``AdaptSettings.steps`` still chooses any number."""
+        return self.config.inner_steps
+
     def inner_lr(self, settings: AdaptSettings | None = None) -> LearningRate:
         """The learned rates. An explicit ``settings.lr`` rescales them all by lr / inner_lr, so the
         app's learning-rate control still means "larger or smaller steps" without discarding what
