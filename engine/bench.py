@@ -243,7 +243,8 @@ def bench_adaptation(learners: dict[str, Learner], failed: dict[str, str], shape
 
 def bench_compare(learners: dict[str, Learner], shapes: Sequence[str], repeats: int, warmup: int,
                   device: torch.device, workers: int = 1) -> list[dict[str, Any]]:
-    """``engine.compare.compare`` on one task, every algorithm, as the app runs them (``workers=1``);
+    """``engine.compare.compare`` on one task, every algorithm, with ``workers`` at once (the app
+    runs one per core: ``workers=2`` on 2 cores with one PyTorch thread each);
     per run also the time of the gradient-based algorithms plus ProtoNet (the issue's target set):
     their summed times with one worker, the total scaled by their share of the summed times with more."""
     from engine.compare import compare

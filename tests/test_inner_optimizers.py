@@ -475,3 +475,26 @@ def test_armijo_cuts_a_step_too_large_for_the_curvature_and_keeps_a_small_one() 
     (_, small_sgd), (_, small_armijo) = losses("sgd", 0.05), losses("armijo", 0.05)
     for name in small_sgd:
         torch.testing.assert_close(small_armijo[name], small_sgd[name], msg=name)
+
+
+def test_armijo_hands_its_accepted_trial_to_the_next_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each trial is evaluated with its gradient; the inner loop reuses the accepted one, so with
+    every full step accepted an adaptation evaluates the support loss as often as plain sgd."""
+    calls = {"count": 0}
+    evaluate = InnerProblem.evaluate
+
+    def counting(self: InnerProblem, *args: object, **kwargs: object) -> object:
+        calls["count"] += 1
+        return evaluate(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(InnerProblem, "evaluate", counting)
+    learner = get_learner_class("maml")(backbone=BackboneConfig(channels=8))
+    x, y = blobs(5, 1, seed=0)
+    traces = {}
+    for name in ("sgd", "armijo"):
+        calls["count"] = 0
+        traces[name] = [record.loss for record in learner.adapt(x, y, 5, AdaptSettings(steps=5, lr=0.05,
+                                                                                      optimizer=name)).trace]
+        traces[name + " evaluations"] = calls["count"]
+    assert traces["armijo evaluations"] == traces["sgd evaluations"] == 6
+    assert traces["armijo"] == pytest.approx(traces["sgd"], rel=1e-5)

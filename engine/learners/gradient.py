@@ -44,7 +44,7 @@ def inner_loop(params: Params, problem: InnerProblem, steps: int, lr: LearningRa
     ``transform`` if given (Meta-Curvature). With ``problem.create_graph`` the result stays a
     differentiable function of the starting ``params`` (second-order MAML)."""
     for _ in range(steps):
-        evaluation = problem.evaluate(params)
+        evaluation = optimizer.reuse(params) or problem.evaluate(params)
         grads = evaluation.grads
         assert grads is not None
         if transform is not None:
@@ -152,8 +152,8 @@ class GradientLearner(Learner):
             kept, kept_stats = fast, None
             for step in range(steps + 1):
                 # The last evaluation is only for the trace: no gradient.
-                evaluation = problem.evaluate(fast, with_grads=step < steps, frozen=frozen,
-                                              frozen_backbone=frozen_backbone)
+                evaluation = optimizer.reuse(fast) or problem.evaluate(
+                    fast, with_grads=step < steps, frozen=frozen, frozen_backbone=frozen_backbone)
                 loss_value = evaluation.loss.item()
                 if not math.isfinite(loss_value):
                     warning = (f"The inner loop diverged at step {step} (loss is {loss_value}); predictions use "

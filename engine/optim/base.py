@@ -113,6 +113,12 @@ class InnerOptimizer(ABC):
         if message not in self.messages:
             self.messages.append(message)
 
+    def reuse(self, params: Params) -> SupportPass | None:
+        """The evaluation of the inner objective at exactly ``params`` (the weights the last step
+        returned) if this optimizer already made it while stepping, for the inner loop to use
+        instead of evaluating again; None otherwise (the default)."""
+        return None
+
     @abstractmethod
     def step(self, params: Params, grads: Params, loss: Tensor, lr: LearningRate, problem: InnerProblem) -> Params:
         """Return new fast weights; never modify ``params`` in place (they may be meta-parameters)."""
