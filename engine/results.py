@@ -84,6 +84,9 @@ NOTES: dict[str, str] = {
 }
 # The issue's targets: within this many points of the published 5w1s and 20w1s figures.
 TOLERANCE = {(5, 1): 1.0, (20, 1): 2.0}
+# Evaluated a second time with transductive batch norm (queries normalised with their own batch's
+# statistics): their papers' Omniglot figures were measured that way.
+TRANSDUCTIVE_ROWS = {"maml", "fomaml", "reptile"}
 # These must meet or beat their papers.
 MUST_MATCH = {"maml", "protonet"}
 
@@ -104,8 +107,9 @@ def shipped_algorithms(models: Path) -> list[str]:
     return [name for name in LEARNERS if (models / name / "model.safetensors").exists()]
 
 
-def evaluation_path(models: Path, algorithm: str, ways: int, shots: int) -> Path:
-    return models / "eval" / algorithm / f"{setting_name(ways, shots)}.json"
+def evaluation_path(models: Path, algorithm: str, ways: int, shots: int, transductive: bool = False) -> Path:
+    suffix = "-transductive" if transductive else ""
+    return models / "eval" / algorithm / f"{setting_name(ways, shots)}{suffix}.json"
 
 
 def test_settings(checkpoint: Path) -> tuple[int, str | None]:
@@ -117,12 +121,14 @@ def test_settings(checkpoint: Path) -> tuple[int, str | None]:
 
 
 def describes(stored: dict[str, Any] | None, sha: str, settings: tuple[int, str | None],
-              tasks: int | None = None) -> bool:
+              tasks: int | None = None, transductive: bool = False) -> bool:
     """Whether a stored evaluation still describes the checkpoint: same weights (SHA-256), same
     test-time steps and optimizer (they are part of the checkpoint's configuration and can change
     without the weights changing), and ``tasks`` if given. Evaluations stored before the optimizer
     was recorded ran plain sgd."""
     if stored is None or stored.get("checkpoint_sha256") != sha or (tasks is not None and stored.get("tasks") != tasks):
+        return False
+    if bool(stored.get("transductive", False)) != transductive:
         return False
     steps, optimizer = settings
     recorded = stored.get("optimizer", "sgd" if stored.get("inner_steps") else None)
@@ -130,16 +136,16 @@ def describes(stored: dict[str, Any] | None, sha: str, settings: tuple[int, str 
 
 
 def evaluate_checkpoint(models: Path, algorithm: str, ways: int, shots: int, tasks: int,
-                        data_dir: str | None, device: str) -> dict[str, Any]:
+                        data_dir: str | None, device: str, transductive: bool = False) -> dict[str, Any]:
     """The stored evaluation when it matches the checkpoint and task count, else a fresh one."""
     checkpoint = models / algorithm / "model"
     sha = file_digest(checkpoint.with_suffix(".safetensors"), "sha256")
-    path = evaluation_path(models, algorithm, ways, shots)
+    path = evaluation_path(models, algorithm, ways, shots, transductive)
     stored = read_json(path)
-    if describes(stored, sha, test_settings(checkpoint), tasks):
+    if describes(stored, sha, test_settings(checkpoint), tasks, transductive):
         return stored  # type: ignore[return-value]
     argv = ["--checkpoint", str(checkpoint), "--ways", str(ways), "--shots", str(shots), "--tasks", str(tasks),
-            "--seed", str(EVAL_SEED)]
+            "--seed", str(EVAL_SEED), *(["--transductive"] if transductive else [])]
     shown = [f"models/{algorithm}/model" if a == str(checkpoint) else a for a in argv]
     if data_dir is not None:
         argv += ["--data-dir", data_dir]
@@ -153,12 +159,15 @@ def evaluate_checkpoint(models: Path, algorithm: str, ways: int, shots: int, tas
     return result
 
 
-def current_evaluations(models: Path, algorithm: str) -> dict[tuple[int, int], dict[str, Any]]:
+def current_evaluations(models: Path, algorithm: str,
+                        transductive: bool = False) -> dict[tuple[int, int], dict[str, Any]]:
     """Stored evaluations that still describe the shipped checkpoint (same SHA-256)."""
     sha = file_digest(models / algorithm / "model.safetensors", "sha256")
     settings = test_settings(models / algorithm / "model")
-    stored = {(ways, shots): read_json(evaluation_path(models, algorithm, ways, shots)) for ways, shots in SETTINGS}
-    return {setting: result for setting, result in stored.items() if describes(result, sha, settings)}
+    stored = {(ways, shots): read_json(evaluation_path(models, algorithm, ways, shots, transductive))
+              for ways, shots in SETTINGS}
+    return {setting: result for setting, result in stored.items()
+            if describes(result, sha, settings, transductive=transductive)}
 
 
 # -- learning curves ---------------------------------------------------------------------------
@@ -254,7 +263,8 @@ def target_verdict(algorithm: str, results: dict[tuple[int, int], dict[str, Any]
 
 
 def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]], tasks: int,
-                 runs: Sequence[str]) -> str:
+                 runs: Sequence[str],
+                 transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None) -> str:
     """RESULTS.md: the evaluated checkpoints beside the papers, then the training state of every run in ``runs``."""
     header = "| algorithm | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |"
     lines = [
@@ -264,9 +274,11 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
         f"Query accuracy (%) ± 95% confidence interval over {tasks} tasks per setting from the Omniglot",
         "**evaluation** split (15 queries per class, seed 0, never seen in training or model selection), each",
         "cell one `python -m engine.evaluate` run whose exact command and JSON are in `models/eval/`.",
-        "Batch norm is **not transductive** in our rows: queries are normalised with the support set's",
+        "Batch norm is **not transductive** in our main rows: queries are normalised with the support set's",
         "statistics, so each query is predicted alone. Most published MAML-family figures normalise with the",
-        "query batch (transductive), which is easier. One checkpoint per algorithm serves all four settings",
+        "query batch (transductive), which is easier: MAML, first-order MAML and Reptile, whose papers did so,",
+        "get a second row with the same checkpoint evaluated that way (`--transductive`); targets are judged",
+        "on the main rows. One checkpoint per algorithm serves all four settings",
         "(most were meta-trained on 5-way 1-shot episodes; see models/train.sh), where the papers train a",
         "separate model for each setting, so our 20-way and 5-shot cells are transfer across settings.",
         "",
@@ -281,6 +293,10 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
             steps += f" ({first['optimizer']})"
         lines.append(f"| **{algorithm}** (ours) | " + " | ".join(cell(results.get(s)) for s in SETTINGS)
                      + f" | {steps} | {status['model_step']} / {status['schedule']} |")
+        if transductive and algorithm in transductive:
+            lines.append(f"| {algorithm} (ours), transductive batch norm | "
+                         + " | ".join(cell(transductive[algorithm].get(s)) for s in SETTINGS)
+                         + f" | {steps} | {status['model_step']} / {status['schedule']} |")
         published = PUBLISHED.get(algorithm)
         if published is not None:
             lines.append(f"| {published.source} | " + " | ".join(f"{published.accuracy[s]:.2f}" for s in SETTINGS)
@@ -335,16 +351,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = shipped_algorithms(models)
     requested = [] if args.table_only else (args.algorithms or runs)
     evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
+    transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
     for algorithm in runs:
         draw_curve(models / algorithm, algorithm, models / algorithm / "curve.png")
-        if algorithm in requested:
-            results = {(ways, shots): evaluate_checkpoint(models, algorithm, ways, shots, args.tasks, args.data_dir,
-                                                          args.device) for ways, shots in SETTINGS}
-        else:
-            results = current_evaluations(models, algorithm)
-        if results:
-            evaluations[algorithm] = results
-    (models / "RESULTS.md").write_text(render_table(models, evaluations, args.tasks, runs), encoding="utf-8")
+        for variant, table in ((False, evaluations), (True, transductive)):
+            if variant and algorithm not in TRANSDUCTIVE_ROWS:
+                continue
+            if algorithm in requested:
+                results = {(ways, shots): evaluate_checkpoint(models, algorithm, ways, shots, args.tasks,
+                                                              args.data_dir, args.device, variant)
+                           for ways, shots in SETTINGS}
+            else:
+                results = current_evaluations(models, algorithm, variant)
+            if results:
+                table[algorithm] = results
+    (models / "RESULTS.md").write_text(render_table(models, evaluations, args.tasks, runs, transductive),
+                                       encoding="utf-8")
     print(f"wrote {models / 'RESULTS.md'}")
     return 0
 

@@ -68,9 +68,13 @@ def test_results_table_from_stored_evaluations(tmp_path: Path) -> None:
     # Matching checkpoint and task count: the stored result is used, no evaluation runs.
     assert results.evaluate_checkpoint(tmp_path, "maml", 5, 1, 7, None, "cpu") == stored
 
+    # MAML's paper normalised with the query batch: a transductive evaluation gets its own row.
+    transductive = results.evaluation_path(tmp_path, "maml", 5, 1, transductive=True)
+    transductive.write_text(json.dumps({**stored, "accuracy": 0.95, "transductive": True}))
     assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| **maml** (ours) | 91.00 ± 2.00 | not evaluated |" in table
+    assert "| maml (ours), transductive batch norm | 95.00 ± 2.00 | not evaluated |" in table
     assert "MAML (Finn et al. 2017) | 98.70 |" in table
     assert "5w1s missed by 7.7 pt" in table  # MAML must meet its figure: 98.7 - 91.0
     assert "30 steps ≈ 0.0 h" in table  # 40-step schedule, 10 done at 2 s each
