@@ -221,24 +221,24 @@ def adapt_and_predict(learner: Learner, task: Task) -> Callable[[], torch.Tensor
 
 def bench_adaptation(learners: dict[str, Learner], failed: dict[str, str], shapes: Sequence[str], repeats: int,
                      warmup: int, device: torch.device) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for name in sorted({*learners, *failed}):
-        row: dict[str, Any] = {"algorithm": name}
-        if name in failed:
-            rows.append({**row, "error": failed[name]})
-            continue
-        learner = learners[name]
-        for shape in shapes:
-            task = adaptation_task(shape, device)
-            try:
-                times = interleaved({name: adapt_and_predict(learner, task)}, repeats, warmup, device)[name]
+    """Per shape, every algorithm timed in turn (``interleaved``): a slowdown of the shared machine
+    during the run then hits all of them alike instead of whichever came last."""
+    rows: dict[str, dict[str, Any]] = {name: {"algorithm": name} for name in sorted({*learners, *failed})}
+    for name, reason in failed.items():
+        rows[name]["error"] = reason
+    for shape in shapes:
+        task = adaptation_task(shape, device)
+        runnable: dict[str, Callable[[], object]] = {}
+        for name, learner in sorted(learners.items()):
+            try:  # one call first: an algorithm that fails on this shape is a cell, not a crash
                 adapted = learner.adapt(task.support_x, task.support_y, task.ways, AdaptSettings(steps=ADAPT_STEPS))
-                row[shape] = {"median_ms": times.median_ms, "cpu_ms": times.cpu_ms, "min_ms": min(times.wall),
-                              "warning": adapted.warning}
+                rows[name][shape] = {"warning": adapted.warning}
+                runnable[name] = adapt_and_predict(learner, task)
             except Exception as error:  # noqa: BLE001
-                row[shape] = {"error": f"{type(error).__name__}: {error}"}
-        rows.append(row)
-    return rows
+                rows[name][shape] = {"error": f"{type(error).__name__}: {error}"}
+        for name, times in interleaved(runnable, repeats, warmup, device).items():
+            rows[name][shape].update(median_ms=times.median_ms, cpu_ms=times.cpu_ms, min_ms=min(times.wall))
+    return list(rows.values())
 
 
 def bench_compare(learners: dict[str, Learner], shapes: Sequence[str], repeats: int, warmup: int,

@@ -56,7 +56,7 @@ def test_learner_meta_gradient_is_the_implicit_formula_on_the_network() -> None:
     """With many inner steps and CG steps, iMAML's meta-gradient matches an explicit solve of
     (I + H/lam) v = g using the full Hessian of a tiny network's support loss."""
     learner = to_double(make("imaml", backbone=BackboneConfig(channels=2), inner_steps=40, inner_lr=0.3, lam=4.0,
-                             cg_steps=60))
+                             cg_steps=60, cg_damping=0.0, inner_optimizer="sgd"))
     batch = tasks(1, ways=2, shots=1, queries=2, dtype=torch.float64)
     task = batch[0]
     gradient = meta_gradient(learner, batch)
