@@ -93,8 +93,7 @@ def compute_threads() -> int:
 def compute_workers(algorithms: int) -> int:
     """Algorithms adapted at once per comparison (``$META_PLAYGROUND_WORKERS``, else the cores
     divided by the threads each uses, at most 4): ``compare`` runs them in threads, each on its own
-    core, which on 2 cores cut all nine algorithms on a 5-way 1-shot task from 267 to 206 ms
-    (``python -m engine.bench``)."""
+    core (the README's Performance section has ``python -m engine.bench``'s figures for both ways)."""
     env = os.environ.get(WORKERS_ENV, "")
     workers = int(env) if env.isdigit() and int(env) > 0 else min(4, (os.cpu_count() or 1) // compute_threads())
     return max(1, min(workers, algorithms))

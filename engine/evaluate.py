@@ -55,13 +55,6 @@ def task_accuracies(learner: Learner, tasks: Iterable[Task], settings: AdaptSett
     return accuracies
 
 
-def test_inner_steps(learner: Learner, settings: AdaptSettings) -> int:
-    """Inner steps used at test time (0 for learners without an inner loop)."""
-    if not learner.has_inner_loop:
-        return 0
-    return settings.steps if settings.steps is not None else learner.default_test_steps()  # type: ignore[attr-defined]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A generator, not a list: 600 tasks of 20-way 5-shot would hold ~1 GB of images at once.
     tasks = itertools.islice(task_stream(chars, args.ways, args.shots, args.queries, args.seed), args.tasks)
     result = score(task_accuracies(learner, tasks, settings, args.transductive, progress=True, total=args.tasks))
-    steps = test_inner_steps(learner, settings)
-    _, _, optimizer = effective_settings(learner, settings)
+    steps, _, optimizer = effective_settings(learner, settings)
+    steps = steps or 0  # None: no inner loop
     bn = "query-batch statistics (transductive)" if args.transductive else "support-set statistics"
     finetune = "" if args.finetune is None else f" fine-tuning {args.finetune}"
     print(f"{learner.name} {args.ways}-way {args.shots}-shot: {100 * result.accuracy:.2f}% "

@@ -74,7 +74,7 @@ NOTES: dict[str, str] = {
            "after 1 step against 74.34% after 10 (`python -m engine.evaluate --checkpoint models/mc2/model "
            "--ways 5 --shots 5 --tasks 200 --split validation --inner-steps 10`, then without `--inner-steps`; "
            "checkpoint of step 3000).",
-    "imaml": "learned nothing in its first full-size runs (50-57% validation accuracy). Two changes made it "
+    "imaml": "did not learn in its first full-size runs (not kept). Two changes made it "
              "learn: its conv weights start 4x larger than nn.Conv2d's default, because under batch norm "
              "the support loss's curvature grows as 1/scale^2 and at the default scale the inner loop "
              "oscillates instead of converging, which the implicit gradient assumes "

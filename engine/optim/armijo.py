@@ -9,11 +9,10 @@ from torch import Tensor
 from engine.kernels import SupportPass
 from engine.nets import Params
 from engine.optim.base import InnerOptimizer, InnerProblem, LearningRate, register_inner_optimizer, step_size
+from engine.optim.linesearch import backtracking
 
 # Halvings tried before giving up on a step (down to 2^-8 of the gradient step).
 MAX_HALVINGS = 8
-# Armijo's sufficient-decrease constant.
-SUFFICIENT = 1e-4
 
 
 @register_inner_optimizer
@@ -47,21 +46,18 @@ class ArmijoGradient(InnerOptimizer):
     def step(self, params: Params, grads: Params, loss: Tensor, lr: LearningRate, problem: InnerProblem) -> Params:
         directions = {name: step_size(lr, name) * grads[name] for name in params}
         slope = float(sum((grads[name].detach() * direction.detach()).sum() for name, direction in directions.items()))
-        base = float(loss.detach())
-        t, fallback = 1.0, None
-        for _ in range(MAX_HALVINGS + 1):
+        tried: dict[float, tuple[Params, SupportPass]] = {}
+
+        def objective(t: float) -> float:
             trial = {name: value - t * directions[name] for name, value in params.items()}
-            evaluation = problem.evaluate(trial)
-            value = float(evaluation.loss.detach())
-            if value <= base - SUFFICIENT * t * slope:
-                self._accepted = (trial, evaluation)
-                return trial
-            if math.isfinite(value) and value <= base:
-                fallback = (trial, evaluation)  # no sufficient decrease, but no increase either
-            t /= 2
-        if fallback is not None:
-            self._accepted = fallback
-            return fallback[0]
-        self.note(f"{self.name}: no step along the gradient (down to 2^-{MAX_HALVINGS} of it) decreased the "
-                  "support loss, so the weights were left unchanged.")
-        return dict(params)
+            tried[t] = (trial, problem.evaluate(trial))
+            value = float(tried[t][1].loss.detach())
+            return value if math.isfinite(value) else math.inf
+
+        t = backtracking(objective, float(loss.detach()), slope, MAX_HALVINGS)
+        if t is None:
+            self.note(f"{self.name}: no step along the gradient (down to 2^-{MAX_HALVINGS} of it) decreased the "
+                      "support loss, so the weights were left unchanged.")
+            return dict(params)
+        self._accepted = tried[t]
+        return tried[t][0]
