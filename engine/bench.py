@@ -243,10 +243,9 @@ def bench_adaptation(learners: dict[str, Learner], failed: dict[str, str], shape
 
 def bench_compare(learners: dict[str, Learner], shapes: Sequence[str], repeats: int, warmup: int,
                   device: torch.device, workers: int = 1) -> list[dict[str, Any]]:
-    """``engine.compare.compare`` on one task, every algorithm, with ``workers`` at once (the app
-    runs one per core: ``workers=2`` on 2 cores with one PyTorch thread each);
-    per run also the time of the gradient-based algorithms plus ProtoNet (the issue's target set):
-    their summed times with one worker, the total scaled by their share of the summed times with more."""
+    """``engine.compare.compare`` on one task with ``workers`` at once (the app runs one per core:
+    ``workers=2`` on 2 cores with one PyTorch thread each), for every algorithm and, timed in turn
+    with it, for the gradient-based algorithms plus ProtoNet alone (the issue's target set)."""
     from engine.compare import compare
 
     subset = [name for name, learner in learners.items() if learner.has_inner_loop or name == "protonet"]
@@ -255,26 +254,18 @@ def bench_compare(learners: dict[str, Learner], shapes: Sequence[str], repeats: 
         task = adaptation_task(shape, device)
         settings = AdaptSettings(steps=ADAPT_STEPS)
 
-        def run() -> list[Any]:
+        def run(names: Sequence[str]) -> list[Any]:
             # What the app hands over: CPU images; compare moves them to each learner's device.
-            return compare(learners, task.support_x.cpu(), task.support_y.cpu(), task.ways, task.query_x.cpu(),
-                           settings, workers=workers)
+            return compare({name: learners[name] for name in names}, task.support_x.cpu(), task.support_y.cpu(),
+                           task.ways, task.query_x.cpu(), settings, workers=workers)
 
-        for _ in range(warmup):
-            run()
-        samples, subset_totals = Samples(), []
-        totals = samples.wall
-        for _ in range(repeats):
-            results = timed(run, device, samples)
-            assert isinstance(results, list)
-            part = sum(result.total_ms for result in results if result.name in subset)
-            # With workers, per-result times overlap: the subset's share of the measured total.
-            whole = sum(result.total_ms for result in results)
-            subset_totals.append(part if workers <= 1 else totals[-1] * part / max(whole, 1e-9))
-        errors = {result.name: result.error for result in run() if result.error}
-        rows.append({"shape": shape, "workers": workers, "algorithms": list(learners), "all_median_ms": median(totals),
-                     "all_cpu_ms": samples.cpu_ms,
-                     "subset": subset, "subset_median_ms": median(subset_totals), "errors": errors})
+        times = interleaved({"all": lambda: run(list(learners)), "subset": lambda: run(subset)}, repeats, warmup,
+                            device)
+        errors = {result.name: result.error for result in run(list(learners)) if result.error}
+        rows.append({"shape": shape, "workers": workers, "algorithms": list(learners),
+                     "all_median_ms": times["all"].median_ms, "all_cpu_ms": times["all"].cpu_ms,
+                     "subset": subset, "subset_median_ms": times["subset"].median_ms,
+                     "subset_cpu_ms": times["subset"].cpu_ms, "errors": errors})
     return rows
 
 
@@ -569,17 +560,18 @@ def print_run(run: dict[str, Any], shapes: Sequence[str]) -> None:
               + " | ".join(f"{fmt(compare_rows[s]['all_median_ms'])} ({fmt(compare_rows[s]['all_cpu_ms'])})"
                            if s in compare_rows else "-" for s in shapes) + " |")
         subset = run["compare"][0]["subset"]
-        print(f"| **gradient-based + protonet** ({len(subset)}, within that run) | "
-              + " | ".join(fmt(compare_rows[s]["subset_median_ms"]) if s in compare_rows else "-" for s in shapes)
-              + " |")
+
+        def cells(rows: dict[str, dict[str, Any]], key: str) -> str:
+            return " | ".join(f"{fmt(rows[s][key + '_median_ms'])} ({fmt(rows[s].get(key + '_cpu_ms'))})"
+                              if s in rows else "-" for s in shapes)
+
+        print(f"| **gradient-based + protonet** ({len(subset)} on one task) | {cells(compare_rows, 'subset')} |")
         worker_rows = {row["shape"]: row for row in run.get("compare_workers", [])}
         if worker_rows:
-            print(f"| all {count} on one task, 2 workers (compare(workers=2)) | "
-                  + " | ".join(fmt(worker_rows[s]["all_median_ms"]) if s in worker_rows else "-" for s in shapes)
-                  + " |")
-            print("| gradient-based + protonet, 2 workers (share of that run) | "
-                  + " | ".join(fmt(worker_rows[s]["subset_median_ms"]) if s in worker_rows else "-" for s in shapes)
-                  + " |")
+            workers = run["compare_workers"][0]["workers"]
+            print(f"| all {count} on one task, {workers} workers (compare(workers={workers})) | "
+                  f"{cells(worker_rows, 'all')} |")
+            print(f"| **gradient-based + protonet, {workers} workers** | {cells(worker_rows, 'subset')} |")
     print("\nMeta-training step (zero_grad + meta_loss + backward + optimizer step; median ms, peak memory)\n")
     print("| algorithm | batch | step (CPU) | peak RSS | step's own peak |")
     print("|---|---|---:|---:|---:|")

@@ -173,6 +173,16 @@ def effective_settings(learner: Learner,
     return steps, lr, optimizer
 
 
+def expected_cost(learner: Learner, settings: AdaptSettings | None) -> int:
+    """A rough rank of how long ``learner.adapt`` takes with ``settings``: its inner steps (a
+    learner without an inner loop does one forward pass)."""
+    try:
+        steps = effective_settings(learner, settings)[0]
+    except Exception:  # noqa: BLE001 - ordering is only a hint; run_one reports real failures
+        return 0
+    return steps or 0
+
+
 def _settings_for(name: str, settings: AdaptSettings | Mapping[str, AdaptSettings] | None) -> AdaptSettings:
     if settings is None:
         return AdaptSettings()
@@ -258,8 +268,12 @@ def compare(learners: Mapping[str, Learner], support_images: ImageBatch,
     if workers <= 1 or len(learners) < 2:
         return [run(name, learner) for name, learner in learners.items()]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run, name, learner) for name, learner in learners.items()]
-        return [future.result() for future in futures]
+        # Longest first: a free worker takes the next one, so the quick learners fill the tail
+        # instead of one long inner loop running alone at the end.
+        longest_first = sorted(learners,
+                               key=lambda name: -expected_cost(learners[name], _settings_for(name, settings)))
+        futures = {name: pool.submit(run, name, learners[name]) for name in longest_first}
+        return [futures[name].result() for name in learners]
 
 
 def compare_task(learners: Mapping[str, Learner], task: "Task",

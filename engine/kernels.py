@@ -21,7 +21,7 @@ inner step of the MAML family): tests and the benchmark compare against that aut
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +84,16 @@ class SupportPass:
     logits: Tensor
     grads: Params | None
     stats: list[LayerStats] | None
+    # Computes ``grads`` later from what the forward pass kept (set when evaluated without them).
+    complete: Callable[[], Params] | None = None
+
+    def gradient(self) -> Params:
+        """``grads``, computed now if the pass was made without them (only once)."""
+        if self.grads is None:
+            if self.complete is None:
+                raise ValueError("this evaluation was made without its gradient and cannot complete it")
+            self.grads, self.complete = self.complete(), None
+        return self.grads
 
 
 def _conv(x: Tensor, weight: Tensor, backbone: BackboneConfig) -> Tensor:
@@ -111,14 +121,17 @@ def _forward(params: Params, x: Tensor, backbone: BackboneConfig) -> tuple[Tenso
     return features, logits, layers
 
 
+def _grad_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """d mean-CE / d logits = (softmax - one_hot) / n."""
+    grad_logits = torch.softmax(logits, dim=1)
+    grad_logits[torch.arange(logits.shape[0], device=labels.device), labels] -= 1.0
+    return grad_logits.div_(logits.shape[0])
+
+
 def _backward(params: Params, labels: Tensor, backbone: BackboneConfig, features: Tensor, logits: Tensor,
               layers: list[_Layer]) -> Params:
     """The gradient of mean cross-entropy w.r.t. every entry of ``params``, layer by layer."""
-    count = logits.shape[0]
-    # d CE / d logits = (softmax - one_hot) / n
-    grad_logits = torch.softmax(logits, dim=1)
-    grad_logits[torch.arange(count, device=labels.device), labels] -= 1.0
-    grad_logits.div_(count)
+    grad_logits = _grad_logits(logits, labels)
     grads: Params = {"head.weight": grad_logits.t() @ features, "head.bias": grad_logits.sum(dim=0)}
     grad_features = grad_logits @ params["head.weight"]
     if grad_features.device.type == "cpu" and not grad_features.any():
@@ -176,15 +189,17 @@ def _head_only_pass(values: Params, inputs: Tensor, labels: Tensor, backbone: Ba
     features, stats = frozen_backbone.embedding(values, inputs, backbone)
     logits = torch.addmm(values["head.bias"], features, values["head.weight"].t())
     loss = F.cross_entropy(logits, labels)
-    grads = None
-    if with_grads:
-        grad_logits = torch.softmax(logits, dim=1)
-        grad_logits[torch.arange(labels.shape[0], device=labels.device), labels] -= 1.0
-        grad_logits.div_(labels.shape[0])
+
+    def head_grads() -> Params:
+        grad_logits = _grad_logits(logits, labels)
         grads = {name: torch.zeros_like(value) for name, value in values.items()}
         grads["head.weight"] = grad_logits.t() @ features
         grads["head.bias"] = grad_logits.sum(dim=0)
-    return SupportPass(loss, logits, grads, stats)
+        return grads
+
+    if with_grads:
+        return SupportPass(loss, logits, head_grads(), stats)
+    return SupportPass(loss, logits, None, stats, head_grads)
 
 
 def support_pass(params: Params, inputs: Tensor, labels: Tensor, backbone: BackboneConfig,
@@ -193,6 +208,9 @@ def support_pass(params: Params, inputs: Tensor, labels: Tensor, backbone: Backb
     """Mean support cross-entropy at ``params`` (batch statistics of the support set), its logits,
     its gradient w.r.t. every entry of ``params`` (if ``with_grads``) and the per-layer statistics.
     Builds no autograd graph; the gradient equals autograd's through ``engine.nets.classify``.
+
+    Without ``with_grads`` the result can still compute its gradient later (``SupportPass.gradient``,
+    one backward pass from the kept forward), e.g. for a line-search trial that turns out accepted.
 
     ``frozen`` names entries whose gradient the caller will not use (returned as zeros): when it
     covers the whole backbone and ``frozen_backbone`` is given, no backward pass runs below the
@@ -205,7 +223,13 @@ def support_pass(params: Params, inputs: Tensor, labels: Tensor, backbone: Backb
         features, logits, layers = _forward(values, inputs, backbone)
         loss = F.cross_entropy(logits, labels)
         grads = _backward(values, labels, backbone, features, logits, layers) if with_grads else None
-    return SupportPass(loss, logits, grads, [(saved.mean, saved.invstd) for saved in layers])
+
+    def complete() -> Params:
+        with torch.no_grad():
+            return _backward(values, labels, backbone, features, logits, layers)
+
+    return SupportPass(loss, logits, grads, [(saved.mean, saved.invstd) for saved in layers],
+                       None if with_grads else complete)
 
 
 def embed_with_stats(params: Params, x: Tensor, backbone: BackboneConfig, stats: list[LayerStats]) -> Tensor:

@@ -153,3 +153,30 @@ def test_compare_task_uses_the_tasks_labels() -> None:
                 ways=2, shots=2, class_names=("a", "b"))
     results = compare_task(learners(), task, AdaptSettings(steps=5))
     assert all(r.labelled == 4 for r in results)
+
+
+def test_workers_start_the_longest_inner_loops_first_and_keep_the_result_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With workers, a free worker takes the next learner in order of expected cost (inner steps),
+    so the quick ones fill the tail; results still come back in the order given."""
+    models = learners()
+    started: list[str] = []
+    for name, model in models.items():
+        original = model.adapt
+
+        def recording(*args: object, name: str = name, original=original, **kwargs: object):  # type: ignore[no-untyped-def]
+            started.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(model, "adapt", recording)
+    support_x, support_y = blobs(2, 1)
+    settings = {**{name: AdaptSettings(steps=2) for name in models},
+                "maml": AdaptSettings(steps=6), "reptile": AdaptSettings(steps=4)}
+    results = compare(models, support_x, support_y, 2, settings=settings, workers=1)
+    assert started == list(models)  # one worker: the order given
+    started.clear()
+    results = compare(models, support_x, support_y, 2, settings=settings, workers=2)
+    assert [result.name for result in results] == list(models)
+    assert set(started[:2]) == {"maml", "reptile"}, started  # the two most steps
+    quick = [name for name, model in models.items() if not model.has_inner_loop]
+    assert quick and set(started[-len(quick):]) == set(quick), started

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine import kernels
 from engine.learners import AdaptSettings, get_learner_class
 from engine.learners.gradient import inner_loop
 from engine.nets import BackboneConfig, Params, classify, embed, init_backbone, zero_head
@@ -478,23 +479,53 @@ def test_armijo_cuts_a_step_too_large_for_the_curvature_and_keeps_a_small_one() 
 
 
 def test_armijo_hands_its_accepted_trial_to_the_next_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each trial is evaluated with its gradient; the inner loop reuses the accepted one, so with
-    every full step accepted an adaptation evaluates the support loss as often as plain sgd."""
-    calls = {"count": 0}
-    evaluate = InnerProblem.evaluate
+    """Each trial is evaluated without its gradient; the inner loop reuses the accepted one and
+    completes its gradient, so with every full step accepted an adaptation makes as many forward
+    and backward passes as plain sgd (the last step's gradient is never computed)."""
+    calls = {"evaluate": 0, "backward": 0}
+    evaluate, backward = InnerProblem.evaluate, kernels._backward
 
     def counting(self: InnerProblem, *args: object, **kwargs: object) -> object:
-        calls["count"] += 1
+        calls["evaluate"] += 1
         return evaluate(self, *args, **kwargs)  # type: ignore[arg-type]
 
+    def counting_backward(*args: object) -> object:
+        calls["backward"] += 1
+        return backward(*args)  # type: ignore[arg-type]
+
     monkeypatch.setattr(InnerProblem, "evaluate", counting)
+    monkeypatch.setattr(kernels, "_backward", counting_backward)
     learner = get_learner_class("maml")(backbone=BackboneConfig(channels=8))
     x, y = blobs(5, 1, seed=0)
     traces = {}
     for name in ("sgd", "armijo"):
-        calls["count"] = 0
+        calls.update(evaluate=0, backward=0)
         traces[name] = [record.loss for record in learner.adapt(x, y, 5, AdaptSettings(steps=5, lr=0.05,
                                                                                       optimizer=name)).trace]
-        traces[name + " evaluations"] = calls["count"]
-    assert traces["armijo evaluations"] == traces["sgd evaluations"] == 6
+        traces[name + " passes"] = (calls["evaluate"], calls["backward"])
+    assert traces["armijo passes"] == traces["sgd passes"] == (6, 5)
     assert traces["armijo"] == pytest.approx(traces["sgd"], rel=1e-5)
+
+
+def test_a_rejected_armijo_trial_costs_no_backward_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a step size that needs halvings, every trial is a forward pass; only the accepted
+    trials that are stepped from again get a backward pass."""
+    calls = {"evaluate": 0, "backward": 0}
+    evaluate, backward = InnerProblem.evaluate, kernels._backward
+
+    def counting(self: InnerProblem, *args: object, **kwargs: object) -> object:
+        calls["evaluate"] += 1
+        return evaluate(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def counting_backward(*args: object) -> object:
+        calls["backward"] += 1
+        return backward(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(InnerProblem, "evaluate", counting)
+    monkeypatch.setattr(kernels, "_backward", counting_backward)
+    learner = get_learner_class("maml")(backbone=BackboneConfig(channels=8))
+    x, y = blobs(5, 1, seed=1)
+    adapted = learner.adapt(x, y, 5, AdaptSettings(steps=4, lr=64.0, optimizer="armijo"))
+    assert calls["evaluate"] > 5  # halvings happened
+    assert calls["backward"] == 4  # the start and the three accepted points stepped from
+    assert all(b.loss <= a.loss for a, b in zip(adapted.trace, adapted.trace[1:]))

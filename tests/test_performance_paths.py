@@ -121,6 +121,31 @@ def test_extra_objective_terms_join_the_fused_gradient() -> None:
         torch.testing.assert_close(fast.grads[name], reference.grads[name], **TIGHT, msg=name)
 
 
+@pytest.mark.parametrize("path", ["fused", "autograd", "proximal", "frozen backbone"])
+def test_an_evaluation_without_gradient_completes_it_later_exactly(path: str) -> None:
+    """``evaluate(with_grads=False)`` followed by ``gradient()`` (what armijo's accepted trial does)
+    gives the gradient of an eager evaluation, on every path; it is computed once."""
+    params = random_network(SMALL, 3)
+    x, y = images(6, 7), torch.arange(3).repeat(2)
+    problem: InnerProblem = InnerProblem(x, y, SMALL)
+    if path == "proximal":
+        problem = ProximalProblem(x, y, SMALL, anchor={name: value + 0.1 for name, value in params.items()}, lam=0.7)
+    if path == "frozen backbone":
+        backbone = frozenset(name for name in params if not name.startswith("head."))
+        eager = kernels.support_pass(params, x, y, SMALL, True, backbone, kernels.FrozenBackbone())
+        lazy = kernels.support_pass(params, x, y, SMALL, False, backbone, kernels.FrozenBackbone())
+    else:
+        with kernels.fused(path != "autograd"):
+            eager, lazy = problem.evaluate(params), problem.evaluate(params, with_grads=False)
+    assert lazy.grads is None and eager.grads is not None
+    torch.testing.assert_close(lazy.loss.detach(), eager.loss.detach(), **TIGHT)
+    completed = lazy.gradient()
+    assert lazy.gradient() is completed and list(completed) == list(params)
+    for name in params:
+        torch.testing.assert_close(completed[name], eager.grads[name], **TIGHT, msg=name)
+    assert any(completed[name].any() for name in params)
+
+
 def test_inner_problem_keeps_autograd_when_a_graph_is_needed() -> None:
     params = {name: value.requires_grad_(True) for name, value in random_network(SMALL, 2).items()}
     problem = InnerProblem(images(4, 6), torch.tensor([0, 1, 0, 1]), SMALL, create_graph=True)
@@ -285,6 +310,10 @@ def test_benchmark_smoke_run_covers_every_registered_algorithm(tmp_path: Path) -
     run = report["runs"][0]
     assert {row["algorithm"] for row in run["adaptation"]} == set(LEARNERS)
     assert all("median_ms" in row["5w1s"] or "error" in row for row in run["adaptation"])
+    compared = run["compare"][0]
+    # The target set is timed on its own: the gradient-based algorithms and ProtoNet.
+    assert set(compared["subset"]) == {name for name in LEARNERS if LEARNERS[name].has_inner_loop} | {"protonet"}
+    assert 0 < compared["subset_median_ms"] and 0 < compared["all_median_ms"]
     assert run["compare"][0]["algorithms"] and [check["target"] for check in run["targets"]] == [
         target.description for target in TARGETS]
     assert {row["label"] for row in run["meta"]} >= {"maml (issue)", "fomaml", "reptile", "protonet"}

@@ -45,8 +45,7 @@ def inner_loop(params: Params, problem: InnerProblem, steps: int, lr: LearningRa
     differentiable function of the starting ``params`` (second-order MAML)."""
     for _ in range(steps):
         evaluation = optimizer.reuse(params) or problem.evaluate(params)
-        grads = evaluation.grads
-        assert grads is not None
+        grads = evaluation.gradient()
         if transform is not None:
             grads = transform(grads)
         params = optimizer.step(params, grads, evaluation.loss, lr, problem)
@@ -163,8 +162,7 @@ class GradientLearner(Learner):
                 trace.append(StepRecord(step, loss_value, accuracy(evaluation.logits, support_y), watch.ms()))
                 if step == steps:
                     break
-                grads = evaluation.grads
-                assert grads is not None
+                grads = evaluation.gradient()
                 if transform is not None:
                     grads = transform(grads)
                 fast = optimizer.step(fast, grads, evaluation.loss.detach(), lr, problem)

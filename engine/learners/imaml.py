@@ -73,11 +73,14 @@ class ProximalProblem(InnerProblem):
         """lambda/2 ||phi - anchor||^2 and its gradient lambda (phi - anchor), in closed form."""
         assert self.anchor is not None
         with torch.no_grad():
-            offsets = {name: params[name].detach() - anchor for name, anchor in self.anchor.items()}
-            value = 0.5 * self.lam * sum(offset.square().sum() for offset in offsets.values())
-            grads = {name: self.lam * offsets[name] if name in offsets else torch.zeros_like(value.detach())
-                     for name, value in params.items()}
-            return torch.as_tensor(value), grads
+            # Multi-tensor kernels: this runs at every inner step, for every entry.
+            names = list(self.anchor)
+            offsets = torch._foreach_sub([params[name].detach() for name in names], list(self.anchor.values()))
+            value = 0.5 * self.lam * torch.stack(torch._foreach_norm(offsets)).square().sum()
+            penalty_grads = dict(zip(names, torch._foreach_mul(offsets, self.lam)))
+            grads = {name: penalty_grads[name] if name in penalty_grads else torch.zeros_like(entry.detach())
+                     for name, entry in params.items()}
+            return value, grads
 
 
 def dot(a: Params, b: Params) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from engine.kernels import SupportPass
@@ -23,9 +24,9 @@ class ArmijoGradient(InnerOptimizer):
     need this: as meta-training sharpens the network, a fixed step size starts to oscillate and
     their gradient turns to noise.
 
-    Each trial point is evaluated with its gradient, and the accepted one is handed back through
-    ``reuse`` as the next step's evaluation, so an accepted full step costs no extra pass; only a
-    halving does."""
+    Each trial point is evaluated without its gradient, and the accepted one is handed back through
+    ``reuse`` as the next step's evaluation, which completes its gradient from the kept forward pass:
+    an accepted full step costs no extra pass, and a halving only a forward pass."""
 
     name = "armijo"
 
@@ -44,13 +45,31 @@ class ArmijoGradient(InnerOptimizer):
         return evaluation if same else None
 
     def step(self, params: Params, grads: Params, loss: Tensor, lr: LearningRate, problem: InnerProblem) -> Params:
-        directions = {name: step_size(lr, name) * grads[name] for name in params}
-        slope = float(sum((grads[name].detach() * direction.detach()).sum() for name, direction in directions.items()))
+        if problem.create_graph or isinstance(lr, dict):
+            directions = {name: step_size(lr, name) * grads[name] for name in params}
+            slope = float(sum((grads[name].detach() * direction.detach()).sum()
+                              for name, direction in directions.items()))
+
+            def along(t: float) -> Params:
+                return {name: value - t * directions[name] for name, value in params.items()}
+        else:
+            # No graph, one step size: multi-tensor kernels instead of a few small ones per entry
+            # (slope = g . (lr g) = lr ||g||^2).
+            with torch.no_grad():
+                values = [value.detach() for value in params.values()]
+                gradient = [grads[name].detach() for name in params]
+                slope = lr * float(torch.stack(torch._foreach_norm(gradient)).square().sum())
+
+            def along(t: float) -> Params:
+                with torch.no_grad():
+                    return dict(zip(params, torch._foreach_add(values, gradient, alpha=-t * lr)))
         tried: dict[float, tuple[Params, SupportPass]] = {}
 
         def objective(t: float) -> float:
-            trial = {name: value - t * directions[name] for name, value in params.items()}
-            tried[t] = (trial, problem.evaluate(trial))
+            trial = along(t)
+            # Loss only: the gradient is computed if this trial is accepted and stepped from again
+            # (SupportPass.gradient), so neither a rejected trial nor the loop's last step pays a backward.
+            tried[t] = (trial, problem.evaluate(trial, with_grads=False))
             value = float(tried[t][1].loss.detach())
             return value if math.isfinite(value) else math.inf
 

@@ -49,7 +49,9 @@ class InnerProblem:
     def evaluate(self, params: Params, with_grads: bool = True, frozen: frozenset[str] = frozenset(),
                  frozen_backbone: kernels.FrozenBackbone | None = None) -> SupportPass:
         """The objective at ``params``, its logits and (if ``with_grads``) its gradient w.r.t. every
-        entry of ``params``: what one inner step needs.
+        entry of ``params``: what one inner step needs. Without ``with_grads`` the gradient can still
+        be had later from the same evaluation (``SupportPass.gradient``) at the cost of the backward
+        pass alone.
 
         Without ``create_graph`` and for the plain Conv-4, the fused kernels compute the
         cross-entropy's gradient without building a graph (they also return the support set's
@@ -67,11 +69,15 @@ class InnerProblem:
                 params = {name: value.detach().requires_grad_(True) for name, value in params.items()}
             logits = self.logits(params)
             loss = self.objective(params, logits)
-            grads = None
-            if with_grads:
+
+        def gradient() -> Params:
+            with torch.enable_grad():
                 values = torch.autograd.grad(loss, list(params.values()), create_graph=self.create_graph)
-                grads = dict(zip(params, values))
-        return SupportPass(loss, logits, grads, None)
+            return dict(zip(params, values))
+
+        if with_grads:
+            return SupportPass(loss, logits, gradient(), None)
+        return SupportPass(loss, logits, None, None, gradient)
 
     def extra_terms(self, params: Params, logits: Tensor) -> tuple[Tensor, Params]:
         """The value of ``objective``'s terms beyond the cross-entropy at ``params`` and their
@@ -90,10 +96,14 @@ class InnerProblem:
     def _add_extra_terms(self, params: Params, result: SupportPass) -> SupportPass:
         """``result`` (the cross-entropy alone) plus the objective's other terms and their gradient."""
         value, extra_grads = self.extra_terms(params, result.logits)
-        grads = result.grads
-        if grads is not None:
-            grads = {name: grads[name] + extra_grads[name] for name in grads}
-        return SupportPass(result.loss + value, result.logits, grads, result.stats)
+
+        def total(grads: Params) -> Params:
+            return {name: grads[name] + extra_grads[name] for name in grads}
+
+        if result.grads is not None:
+            return SupportPass(result.loss + value, result.logits, total(result.grads), result.stats)
+        return SupportPass(result.loss + value, result.logits, None, result.stats,
+                           lambda: total(result.gradient()))
 
 
 class InnerOptimizer(ABC):
