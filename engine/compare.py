@@ -149,15 +149,9 @@ def effective_settings(learner: Learner,
     if not learner.has_inner_loop:
         return None, None, None
     settings = settings or AdaptSettings()
-    config = getattr(learner, "config", None)
-    default_steps = getattr(learner, "default_test_steps", None)
-    steps = settings.steps if settings.steps is not None else (
-        default_steps() if callable(default_steps) else getattr(config, "test_inner_steps", None))
+    steps = settings.steps if settings.steps is not None else learner.default_test_steps()
+    raw = learner.inner_lr(settings)
     lr: float | str | None
-    try:
-        raw = learner.inner_lr(settings)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - a learner without the helper still runs
-        raw = settings.lr if settings.lr is not None else getattr(config, "inner_lr", None)
     if isinstance(raw, (int, float)):
         lr = float(raw)
     elif isinstance(raw, Tensor) and raw.numel() == 1:
@@ -166,11 +160,7 @@ def effective_settings(learner: Learner,
         lr = None
     else:
         lr = "learned"
-    optimizer = settings.optimizer
-    if optimizer is None:
-        default = getattr(learner, "default_optimizer", None)
-        optimizer = default() if callable(default) else None
-    return steps, lr, optimizer
+    return steps, lr, settings.optimizer or learner.default_optimizer()
 
 
 def expected_cost(learner: Learner, settings: AdaptSettings | None) -> int:

@@ -175,6 +175,19 @@ class Learner(ABC):
               settings: AdaptSettings | None = None) -> Adapted:
         """Adapt to a support set (images [N*K,1,28,28], labels 0..ways-1)."""
 
+    # What ``adapt`` runs when ``AdaptSettings`` leave a choice open (None: no inner loop).
+    def default_test_steps(self) -> int | None:
+        """Inner steps ``adapt`` takes when the settings give none."""
+        return None
+
+    def default_optimizer(self) -> str | None:
+        """The inner optimizer ``adapt`` uses when the settings name none."""
+        return None
+
+    def inner_lr(self, settings: AdaptSettings | None = None) -> float | Params | None:
+        """The inner loop's step size with ``settings`` (one float, or one tensor per weight)."""
+        return None if settings is None else settings.lr
+
     def describe(self) -> dict[str, Any]:
         return {"algorithm": self.name, "config": dataclasses.asdict(self.config),
                 "backbone": dataclasses.asdict(self.backbone)}
