@@ -96,3 +96,14 @@ def test_results_table_from_stored_evaluations(tmp_path: Path) -> None:
     assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
     table = (tmp_path / "RESULTS.md").read_text()
     assert "**maml** (ours)" not in table and "| maml | not evaluated yet |" in table
+
+
+def test_time_per_step_is_the_latest_pieces() -> None:
+    """A run whose code got faster is estimated at its latest piece's speed; pieces too short to
+    time fall back to the run's average."""
+    pieces = [{"start_step": 0, "end_step": 1000, "seconds": 2000.0},
+              {"start_step": 1000, "end_step": 1400, "seconds": 400.0},
+              {"start_step": 1400, "end_step": 1410, "seconds": 50.0}]
+    assert results.recent_seconds_per_step(pieces, 1.75) == pytest.approx(1.0)
+    assert results.recent_seconds_per_step(pieces[2:], 1.75) == pytest.approx(1.75)
+    assert results.recent_seconds_per_step([], 1.75) == pytest.approx(1.75)
