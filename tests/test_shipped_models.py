@@ -107,3 +107,21 @@ def test_time_per_step_is_the_latest_pieces() -> None:
     assert results.recent_seconds_per_step(pieces, 1.75) == pytest.approx(1.0)
     assert results.recent_seconds_per_step(pieces[2:], 1.75) == pytest.approx(1.75)
     assert results.recent_seconds_per_step([], 1.75) == pytest.approx(1.75)
+
+
+def test_target_extrapolation_follows_a_power_law_curve() -> None:
+    """error = 0.5 * step^-0.5 reaches 1% error at step 2500; a flat curve gives no estimate."""
+    falling = [(step, step / 3600, 1 - 0.5 * step ** -0.5) for step in range(100, 1100, 100)]
+    assert results.power_law_steps(falling, 0.99) == pytest.approx(2500, rel=1e-6)
+    flat = [(step, step / 3600, 0.9) for step in range(100, 1100, 100)]
+    assert results.power_law_steps(flat, 0.99) is None
+    assert results.power_law_steps(falling[:3], 0.99) is None  # too few points to fit
+    slower = [(step, step / 3600, 1 - 2.0 * step ** -0.5) for step in range(100, 1100, 100)]  # 93.7% at 1000
+    status = {"val_accuracy": slower[-1][2] + 0.01, "trained": 1000, "schedule": 50000, "seconds_per_step": 3.6}
+    evaluated = {(5, 1): {"accuracy": slower[-1][2]}}  # evaluation 1 point below validation
+    needed = results.PUBLISHED["fomaml"].accuracy[(5, 1)] - results.TOLERANCE[(5, 1)] + 1.0  # on validation
+    text = results.target_time("fomaml", evaluated, status, slower)
+    steps = (2.0 / (1 - needed / 100)) ** 2
+    assert f"≈ {steps:,.0f} steps" in text and f"{(steps - 1000) * 3.6 / 3600:.1f} h more" in text, text
+    assert results.target_time("fomaml", {(5, 1): {"accuracy": 0.999}}, status, slower) == "met"
+    assert "beyond 100x" in results.target_time("fomaml", evaluated, {**status, "schedule": 50}, slower)
