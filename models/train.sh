@@ -6,13 +6,17 @@
 # models/train_round_robin.sh shares one CPU between several runs this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-algorithm=${1:?usage: models/train.sh ALGORITHM}
+run=${1:?usage: models/train.sh ALGORITHM}  # or a candidate run's name (below)
+algorithm=$run
 python=${PYTHON:-.venv/bin/python}
 # Validation: 200 fixed 5-way 1-shot tasks from the held-out background alphabets (model selection only).
 val=(--val-tasks 200)
-case "$algorithm" in
-  protonet) args=(--ways 60 --shots 1 --queries 5 --meta-batch 1 --meta-steps 20000 --meta-lr-final 0.0001
-                  --val-every 500 "${val[@]}") ;;
+protonet=(--ways 60 --shots 1 --queries 5 --meta-batch 1 --meta-steps 20000 --meta-lr-final 0.0001 --val-every 500)
+case "$run" in
+  protonet) args=("${protonet[@]}" "${val[@]}") ;;
+  # Candidate, not shipped: ProtoNet on the paper's max-pooling Conv-4 (models/RESULTS.md's protonet note).
+  # It replaces models/protonet only if it evaluates better.
+  protonet-maxpool) algorithm=protonet; args=("${protonet[@]}" --downsample maxpool "${val[@]}") ;;
   maml)     args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 20000 --inner-steps 2 --inner-lr 0.4
                   --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
   fomaml)   args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 3 --inner-lr 0.4
@@ -34,8 +38,8 @@ case "$algorithm" in
                   --val-every 1000 "${val[@]}") ;;
   # Ordinary classification over every training class (rotations included), batches of 128 images.
   pretrain) args=(--batch-size 128 --meta-steps 18000 --meta-lr-final 0.0001 --val-every 1000 "${val[@]}") ;;
-  *) echo "no configuration for $algorithm yet" >&2; exit 2 ;;
+  *) echo "no configuration for $run yet" >&2; exit 2 ;;
 esac
 resume=()
-[ -f "models/$algorithm/resume.json" ] && resume=(--resume)
-exec "$python" -m engine.train --algorithm "$algorithm" --out "models/$algorithm" "${args[@]}" "${resume[@]}" --no-progress ${EXTRA:-}
+[ -f "models/$run/resume.json" ] && resume=(--resume)
+exec "$python" -m engine.train --algorithm "$algorithm" --out "models/$run" "${args[@]}" "${resume[@]}" --no-progress ${EXTRA:-}
