@@ -72,10 +72,10 @@ NOTES: dict[str, str] = {
                "models/metasgd/model --ways 5 --shots 5 --tasks 200 --split validation --inner-steps 10`, "
                "then without `--inner-steps`; checkpoint of step 9750).",
     "mc2": "adapts with as many steps as it was meta-trained for (1), like mc1: the learned curvature "
-           "multiplies every gradient, and repeated steps overshoot. 5-way 5-shot validation tasks: 98.66% "
-           "after 1 step against 82.95% after 10 (`python -m engine.evaluate --checkpoint models/mc2/model "
+           "multiplies every gradient, and repeated steps overshoot. 5-way 5-shot validation tasks: 98.63% "
+           "after 1 step against 81.14% after 10 (`python -m engine.evaluate --checkpoint models/mc2/model "
            "--ways 5 --shots 5 --tasks 200 --split validation --inner-steps 10`, then without `--inner-steps`; "
-           "checkpoint of step 7500).",
+           "checkpoint of step 8750).",
     "imaml": "did not learn in its first full-size runs (not kept). Two changes made it "
              "learn: its conv weights start 4x larger than nn.Conv2d's default, because under batch norm "
              "the support loss's curvature grows as 1/scale^2 and at the default scale the inner loop "
