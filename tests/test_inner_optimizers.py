@@ -478,10 +478,8 @@ def test_armijo_cuts_a_step_too_large_for_the_curvature_and_keeps_a_small_one() 
         torch.testing.assert_close(small_armijo[name], small_sgd[name], msg=name)
 
 
-def test_armijo_hands_its_accepted_trial_to_the_next_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each trial is evaluated without its gradient; the inner loop reuses the accepted one and
-    completes its gradient, so with every full step accepted an adaptation makes as many forward
-    and backward passes as plain sgd (the last step's gradient is never computed)."""
+def count_passes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts support-loss evaluations and fused backward passes from now on (reset by the caller)."""
     calls = {"evaluate": 0, "backward": 0}
     evaluate, backward = InnerProblem.evaluate, kernels._backward
 
@@ -495,6 +493,14 @@ def test_armijo_hands_its_accepted_trial_to_the_next_step(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(InnerProblem, "evaluate", counting)
     monkeypatch.setattr(kernels, "_backward", counting_backward)
+    return calls
+
+
+def test_armijo_hands_its_accepted_trial_to_the_next_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each trial is evaluated without its gradient; the inner loop reuses the accepted one and
+    completes its gradient, so with every full step accepted an adaptation makes as many forward
+    and backward passes as plain sgd (the last step's gradient is never computed)."""
+    calls = count_passes(monkeypatch)
     learner = get_learner_class("maml")(backbone=BackboneConfig(channels=8))
     x, y = blobs(5, 1, seed=0)
     traces = {}
@@ -510,19 +516,7 @@ def test_armijo_hands_its_accepted_trial_to_the_next_step(monkeypatch: pytest.Mo
 def test_a_rejected_armijo_trial_costs_no_backward_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     """At a step size that needs halvings, every trial is a forward pass; only the accepted
     trials that are stepped from again get a backward pass."""
-    calls = {"evaluate": 0, "backward": 0}
-    evaluate, backward = InnerProblem.evaluate, kernels._backward
-
-    def counting(self: InnerProblem, *args: object, **kwargs: object) -> object:
-        calls["evaluate"] += 1
-        return evaluate(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    def counting_backward(*args: object) -> object:
-        calls["backward"] += 1
-        return backward(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(InnerProblem, "evaluate", counting)
-    monkeypatch.setattr(kernels, "_backward", counting_backward)
+    calls = count_passes(monkeypatch)
     learner = get_learner_class("maml")(backbone=BackboneConfig(channels=8))
     x, y = blobs(5, 1, seed=1)
     adapted = learner.adapt(x, y, 5, AdaptSettings(steps=4, lr=64.0, optimizer="armijo"))
