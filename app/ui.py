@@ -31,7 +31,7 @@ from app.canvas import DrawingDecodeError, decode_data_url, drawing_pad
 from app.models import ModelEntry, fingerprint, load_models, models_dir
 from app.workspace import MAX_SHOTS, MAX_WAYS, MIN_SHOTS, MIN_WAYS, QUERIES, Example, Workspace, class_target
 from engine.compare import AlgorithmResult, TaskInputError, compare, effective_settings, ranked
-from engine.device import describe_device, resolve_device
+from engine.device import describe_device, keep_freed_memory, resolve_device
 from engine.learners import AdaptSettings
 from engine.optim import INNER_OPTIMIZERS
 
@@ -102,6 +102,7 @@ def compute_workers(algorithms: int) -> int:
 @st.cache_resource(show_spinner=False)
 def _device() -> tuple[str, str]:
     torch.set_num_threads(compute_threads())
+    keep_freed_memory()
     device = resolve_device("auto")
     return str(device), describe_device(device)
 

@@ -344,11 +344,17 @@ def reset_peak_rss() -> float:
     return current if current is not None else peak_rss_mb()
 
 
+# Whether this process runs with engine.device.keep_freed_memory (as the app does); set by main.
+_ALLOCATOR_TUNED = False
+
+
 def probe_memory(probe: dict[str, Any], backbone: BackboneConfig, device: torch.device,
                  threads: int) -> dict[str, Any]:
     """Runs ``probe`` in a fresh interpreter and returns its peak memory figures."""
     command = [sys.executable, "-m", "engine.bench", "--memory-probe", json.dumps(probe), "--channels",
                str(backbone.channels), "--device", str(device), "--threads", str(threads)]
+    if not _ALLOCATOR_TUNED:
+        command.append("--system-malloc")
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
                             env={**os.environ, "OMP_NUM_THREADS": str(threads)}, timeout=900)
     if result.returncode != 0:
@@ -487,6 +493,8 @@ def busy_processes() -> list[str]:
 
 def environment(device: torch.device) -> dict[str, Any]:
     return {
+        "allocator": "glibc malloc keeping freed memory (engine.device.keep_freed_memory)" if _ALLOCATOR_TUNED
+        else "the system's malloc as configured (--system-malloc)",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -644,6 +652,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 3 repeats, 1 warm-up, first thread count, 5w1s only, no memory probes")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave malloc as it is (the app, training and evaluation keep freed memory; "
+                             "this measures what that gains)")
     parser.add_argument("--skip-peers", action="store_true", help="do not time the naive reference and the peers")
     parser.add_argument("--channels", type=int, default=CHANNELS, help=argparse.SUPPRESS)  # tests: tiny networks
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one memory measurement
@@ -657,9 +668,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from engine.device import resolve_device
+    from engine.device import keep_freed_memory, resolve_device
 
     device = resolve_device(args.device)
+    global _ALLOCATOR_TUNED
+    _ALLOCATOR_TUNED = not args.system_malloc and keep_freed_memory()
     backbone = BackboneConfig(channels=args.channels)
     if args.memory_probe is not None:
         torch.set_num_threads(args.thread_counts[0])
@@ -673,6 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = report["environment"]
     print(f"engine.bench: {env['date']}, {env['cpu']} ({env['cores']} cores), device {env['device']}, "
           f"torch {env['torch']}, Python {env['python']}, load average {env['load_average'][0]:.2f}")
+    print(f"  allocator: {env['allocator']}")
     for command in env["busy_processes"]:
         print(f"  running beside it: {command}")
     for index, threads in enumerate(args.thread_counts):

@@ -24,7 +24,7 @@ from engine.checkpoint import CheckpointError, load_learner
 from engine.compare import effective_settings
 from engine.data.omniglot import DatasetNotFoundError, load_split
 from engine.data.tasks import Task, task_stream
-from engine.device import resolve_device
+from engine.device import keep_freed_memory, resolve_device
 from engine.learners import AdaptSettings, Learner
 from engine.paths import resolve_data_dir
 
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
+    keep_freed_memory()
     torch.manual_seed(args.seed)
     try:
         learner = load_learner(args.checkpoint, device)

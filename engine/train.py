@@ -29,7 +29,7 @@ from engine.checkpoint import (
 )
 from engine.data.omniglot import DatasetNotFoundError, Splits, load_splits
 from engine.data.tasks import fixed_tasks
-from engine.device import describe_device, resolve_device
+from engine.device import describe_device, keep_freed_memory, resolve_device
 from engine.evaluate import score, task_accuracies
 from engine.learners import LEARNERS, Learner, get_learner_class
 from engine.nets import BackboneConfig
@@ -265,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     learner_cls = get_learner_class(args.algorithm)
     config = pick(args, TrainConfig)
     device = resolve_device(args.device)
+    keep_freed_memory()
     torch.manual_seed(config.seed)
     data_dir = resolve_data_dir(args.data_dir)
     try:
