@@ -78,8 +78,10 @@ def _stats(values: list[float]) -> str:
 def bench_compare(learners: dict[str, Learner], ways: int, shots: int, queries: int, repeats: int) -> None:
     from app.ui import compute_threads
     from engine.data.preprocess import preprocess_image
+    from engine.device import keep_freed_memory
 
     torch.set_num_threads(compute_threads())
+    keep_freed_memory()  # as the app does
     images = np.stack([preprocess_image(png) for png in _drawings(ways * shots + queries, seed=0)])
     support_x, support_y = images[: ways * shots], np.repeat(np.arange(ways), shots)
     query_x = images[ways * shots:]

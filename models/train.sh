@@ -25,9 +25,10 @@ case "$run" in
                   --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
   mc1|mc2)  args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 1 --inner-lr 0.4
                   --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
-  # The paper's Omniglot schedule: 5 tasks a meta-step drawn with 10 shots, meta step size 1 -> 0.
+  # The paper's Omniglot schedule: 5 tasks a meta-step drawn with 10 shots, meta step size 1 -> 0, each of the
+  # 5 inner steps on a minibatch of 10 images (2 per class).
   reptile)  args=(--ways 5 --shots 10 --queries 1 --meta-batch 5 --meta-steps 10000 --inner-steps 5 --inner-lr 0.4
-                  --val-every 250 "${val[@]}") ;;
+                  --inner-shots 2 --val-every 250 "${val[@]}") ;;
   # The paper's lambda 2, CG 5 and damping 1; 10 inner steps at 0.2 (the paper: 16 at 0.1) to fit a CPU,
   # solved with backtracking (the learner's default inner optimizer, armijo). Meta-lr 4x MAML's: the
   # conv weights start 4x larger (see engine/learners/imaml.py), so Adam's steps are 4x smaller relative to them.

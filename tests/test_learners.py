@@ -111,9 +111,13 @@ def test_first_order_maml_is_the_query_gradient_at_the_adapted_weights() -> None
     assert max(differences) > 1e-3  # second-order terms are really there
 
 
-def test_reptile_update_is_interpolation_toward_adapted_weights() -> None:
+@pytest.mark.parametrize("inner_shots", [0, 1])
+def test_reptile_update_is_interpolation_toward_adapted_weights(inner_shots: int) -> None:
+    """With ``inner_shots`` 1 each inner step sees one example of every class, alternating between
+    the two support drawings (step 0: the first of each class); with 0 the whole support set."""
     epsilon = 0.3
-    learner = make("reptile", meta_lr=epsilon, meta_lr_final=None, inner_steps=3, inner_lr=0.1)
+    learner = make("reptile", meta_lr=epsilon, meta_lr_final=None, inner_steps=3, inner_lr=0.1,
+                   inner_shots=inner_shots)
     batch = tasks(4)
     theta = {k: v.detach().clone() for k, v in learner.params.items()}
     adapted_mean = {k: torch.zeros_like(v) for k, v in theta.items()}
@@ -124,8 +128,10 @@ def test_reptile_update_is_interpolation_toward_adapted_weights() -> None:
     for task in batch:
         fast = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
         fast.update({k: v.requires_grad_(True) for k, v in zero_head(task.ways, TINY, task.support_x).items()})
-        for _ in range(3):
-            loss = F.cross_entropy(classify(fast, task.support_x, TINY), task.support_y)
+        for step in range(3):
+            rows = (torch.arange(task.ways) * task.shots + step % task.shots if inner_shots
+                    else torch.arange(len(task.support_y)))
+            loss = F.cross_entropy(classify(fast, task.support_x[rows], TINY), task.support_y[rows])
             g = torch.autograd.grad(loss, list(fast.values()))
             fast = {k: (v - 0.1 * gi).detach().requires_grad_(True) for (k, v), gi in zip(fast.items(), g)}
         for k in adapted_mean:

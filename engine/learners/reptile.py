@@ -6,6 +6,10 @@
 Expressed as a meta-loss for the shared trainer: L = 1/2 ||theta - stopgrad(mean_i phi_i)||^2 has
 gradient theta - mean_i phi_i, so one SGD step with learning rate epsilon is exactly the Reptile
 interpolation (the paper anneals epsilon linearly from 1 to 0).
+
+The paper's inner steps each see a minibatch (10 of the 50 images drawn for a 5-way task), not the
+whole support set: its analysis credits Reptile's learning signal to gradients on *different*
+minibatches of one task agreeing. ``inner_shots`` does that (0 keeps full-batch steps).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from engine.learners.base import MetaLoss, accuracy, mean_metrics, register_lear
 from engine.learners.gradient import GradientConfig, GradientLearner, inner_loop
 from engine.learners.maml import query_logits
 from engine.nets import Params
-from engine.optim import InnerProblem, make_inner_optimizer
+from engine.optim import InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
 
 if TYPE_CHECKING:
     from engine.data.tasks import Task
+    from engine.nets import BackboneConfig
 
 
 @dataclass
@@ -32,6 +37,33 @@ class ReptileConfig(GradientConfig):
     meta_optimizer: str = "sgd"
     meta_lr: float = 1.0
     meta_lr_final: float | None = 0.0
+    # Examples of every class in each inner step's minibatch; 0: every step sees the whole support set.
+    inner_shots: int = 0
+
+
+def minibatches(task: "Task", shots_per_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The support set cut into class-balanced minibatches of ``shots_per_batch`` examples per class,
+    in order (the support set is class-major and its drawings already randomly chosen); the whole
+    support set as one batch when ``shots_per_batch`` is 0 or covers it."""
+    if not 0 < shots_per_batch < task.shots:
+        return [(task.support_x, task.support_y)]
+    if task.shots % shots_per_batch:
+        raise ValueError(f"inner_shots={shots_per_batch} does not divide the {task.shots} training shots")
+    by_class = torch.arange(task.ways * task.shots, device=task.support_x.device).view(task.ways, task.shots)
+    batches = []
+    for start in range(0, task.shots, shots_per_batch):
+        index = by_class[:, start:start + shots_per_batch].reshape(-1)
+        batches.append((task.support_x[index], task.support_y[index]))
+    return batches
+
+
+def minibatch_inner_loop(params: Params, batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int,
+                         lr: LearningRate, optimizer: InnerOptimizer, backbone: "BackboneConfig") -> Params:
+    """``steps`` optimizer steps, step i on minibatch i (cycling through them)."""
+    for step in range(steps):
+        inputs, labels = batches[step % len(batches)]
+        params = inner_loop(params, InnerProblem(inputs, labels, backbone), 1, lr, optimizer)
+    return params
 
 
 def interpolation_loss(meta_params: Params, target: Params) -> torch.Tensor:
@@ -53,8 +85,8 @@ class Reptile(GradientLearner):
         optimizer = make_inner_optimizer("sgd")
         for task in tasks:
             start = self.detached_start(task.ways)
-            problem = InnerProblem(task.support_x, task.support_y, self.backbone)
-            adapted = inner_loop(start, problem, self.config.inner_steps, self.inner_lr(), optimizer)
+            adapted = minibatch_inner_loop(start, minibatches(task, self.config.inner_shots), self.config.inner_steps,
+                                           self.inner_lr(), optimizer, self.backbone)
             for k in adapted_sum:
                 adapted_sum[k] += adapted[k].detach()
             with torch.no_grad():  # query metrics are for the progress bar only
