@@ -35,6 +35,18 @@ _ENABLED = True
 # Per layer: the support set's batch-norm mean and 1/sqrt(var + eps), each [channels].
 LayerStats = tuple[Tensor, Tensor]
 
+# Batches of at least this many images run layers 1-3 in channels-last layout, whose oneDNN
+# convolutions are faster for these shapes; for a handful of images the layout copies cost about
+# what they save (measured: README, Performance).
+CHANNELS_LAST_MIN_IMAGES = 8
+
+
+def layout_for(x: Tensor) -> torch.memory_format:
+    """The memory layout the convolutions after the first run in for the batch ``x``."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] >= CHANNELS_LAST_MIN_IMAGES:
+        return torch.channels_last
+    return torch.contiguous_format
+
 
 def enabled() -> bool:
     """Whether inner loops use the fused path (on by default)."""
@@ -67,6 +79,7 @@ class _Layer:
     """What one layer's backward needs from its forward."""
 
     conv_input: Tensor
+    conv_weight: Tensor  # in the layout the convolution ran in
     conv_output: Tensor
     activation: Tensor  # after ReLU, before any pooling
     mean: Tensor
@@ -103,9 +116,13 @@ def _conv(x: Tensor, weight: Tensor, backbone: BackboneConfig) -> Tensor:
 def _forward(params: Params, x: Tensor, backbone: BackboneConfig) -> tuple[Tensor, Tensor, list[_Layer]]:
     """Embeddings and logits with batch statistics of ``x`` itself, plus what backward needs."""
     layers: list[_Layer] = []
+    layout = layout_for(x)
     h = x
     for layer in range(backbone.layers):
-        conv_output = _conv(h, params[f"conv{layer}.weight"], backbone)
+        # The first layer (one input channel) keeps its own kernel; its output moves to ``layout``.
+        weight = params[f"conv{layer}.weight"]
+        weight = weight.contiguous(memory_format=layout) if layer else weight
+        conv_output = _conv(h, weight, backbone).contiguous(memory_format=layout)
         normalised, mean, invstd = torch.native_batch_norm(
             conv_output, params[f"bn{layer}.weight"], params[f"bn{layer}.bias"], None, None, True, 0.0, BN_EPS)
         activation = normalised.clamp_min_(0.0)  # ReLU in place: the normalised copy is not needed
@@ -114,7 +131,7 @@ def _forward(params: Params, x: Tensor, backbone: BackboneConfig) -> tuple[Tenso
             pooled, indices = F.max_pool2d_with_indices(activation, 2)
         else:
             pooled = activation
-        layers.append(_Layer(h, conv_output, activation, mean, invstd, indices, pooled.shape))
+        layers.append(_Layer(h, weight, conv_output, activation, mean, invstd, indices, pooled.shape))
         h = pooled
     features = h.mean(dim=(2, 3))
     logits = torch.addmm(params["head.bias"], features, params["head.weight"].t())
@@ -141,7 +158,10 @@ def _backward(params: Params, labels: Tensor, backbone: BackboneConfig, features
         grads.update({name: torch.zeros_like(value) for name, value in params.items() if name not in grads})
         return {name: grads[name] for name in params}
     shape = layers[-1].output_shape
+    layout = layout_for(layers[0].conv_input)
     grad_h = (grad_features / (shape[2] * shape[3]))[:, :, None, None].expand(shape)
+    if layout != torch.contiguous_format:
+        grad_h = grad_h.contiguous(memory_format=layout)
     stride = [backbone.conv_stride] * 2
     for layer in reversed(range(backbone.layers)):
         saved = layers[layer]
@@ -153,11 +173,13 @@ def _backward(params: Params, labels: Tensor, backbone: BackboneConfig, features
         grad_conv, grads[f"bn{layer}.weight"], grads[f"bn{layer}.bias"] = torch.ops.aten.native_batch_norm_backward(
             grad_normalised, saved.conv_output, weight, None, None, saved.mean, saved.invstd, True, BN_EPS,
             [True, True, True])
-        conv_weight = params[f"conv{layer}.weight"]
+        if layer == 0:
+            grad_conv = grad_conv.contiguous()  # the first layer's input and weight are plain NCHW
         # The images need no gradient: layer 0 computes only its weight's.
-        grad_h, grads[f"conv{layer}.weight"], _ = torch.ops.aten.convolution_backward(
-            grad_conv, saved.conv_input, conv_weight, None, stride, [1, 1], [1, 1], False, [0, 0], 1,
+        grad_h, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad_conv, saved.conv_input, saved.conv_weight, None, stride, [1, 1], [1, 1], False, [0, 0], 1,
             [layer > 0, True, False])
+        grads[f"conv{layer}.weight"] = grad_weight.contiguous()
     return {name: grads[name] for name in params}
 
 
@@ -237,12 +259,15 @@ def embed_with_stats(params: Params, x: Tensor, backbone: BackboneConfig, stats:
     same as ``engine.nets.embed`` on ``[support; x]`` with ``stats_count=len(support)``, without
     running the support set again. No graph."""
     with torch.no_grad():
+        layout = layout_for(x)
         h = x
         for layer in range(backbone.layers):
             mean, invstd = stats[layer]
             scale = invstd * params[f"bn{layer}.weight"].detach()
             shift = params[f"bn{layer}.bias"].detach() - mean * scale
-            h = _conv(h, params[f"conv{layer}.weight"].detach(), backbone)
+            weight = params[f"conv{layer}.weight"].detach()
+            h = _conv(h, weight.contiguous(memory_format=layout) if layer else weight, backbone)
+            h = h.contiguous(memory_format=layout)
             h = torch.addcmul(shift.view(1, -1, 1, 1), h, scale.view(1, -1, 1, 1)).clamp_min_(0.0)
             if backbone.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
@@ -259,11 +284,14 @@ def support_embedding(params: Params, inputs: Tensor, backbone: BackboneConfig) 
     """Embeddings of the support set with its own batch statistics, and those statistics (no graph)."""
     with torch.no_grad():
         values = {name: value.detach() for name, value in params.items()}
+        layout = layout_for(inputs)
         h = inputs
         stats: list[LayerStats] = []
         for layer in range(backbone.layers):
+            weight = values[f"conv{layer}.weight"]
+            conv_output = _conv(h, weight.contiguous(memory_format=layout) if layer else weight, backbone)
             h, mean, invstd = torch.native_batch_norm(
-                _conv(h, values[f"conv{layer}.weight"], backbone), values[f"bn{layer}.weight"],
+                conv_output.contiguous(memory_format=layout), values[f"bn{layer}.weight"],
                 values[f"bn{layer}.bias"], None, None, True, 0.0, BN_EPS)
             h = h.clamp_min_(0.0)
             if backbone.downsample == "maxpool":
@@ -272,5 +300,5 @@ def support_embedding(params: Params, inputs: Tensor, backbone: BackboneConfig) 
         return h.mean(dim=(2, 3)), stats
 
 
-__all__ = ["FrozenBackbone", "LayerStats", "SupportPass", "applies", "embed_with_stats", "enabled", "fused",
-           "logits_with_stats", "support_embedding", "support_pass"]
+__all__ = ["CHANNELS_LAST_MIN_IMAGES", "FrozenBackbone", "LayerStats", "SupportPass", "applies", "embed_with_stats",
+           "enabled", "fused", "layout_for", "logits_with_stats", "support_embedding", "support_pass"]

@@ -66,16 +66,29 @@ def test_fused_support_gradient_equals_autograd(backbone: BackboneConfig, ways: 
         torch.testing.assert_close(fused.grads[name], grads[name], **TIGHT, msg=name)
 
 
-def test_fused_path_in_float32_matches_autograd() -> None:
-    """float32 takes other kernels (oneDNN, and PyTorch's own first-layer convolution)."""
-    params = {name: value.float() for name, value in random_network(BackboneConfig(channels=16), 5).items()}
-    x, y = images(10, 9).float(), torch.arange(5).repeat(2)
-    loss, grads = autograd_loss_and_grads(params, x, y, BackboneConfig(channels=16))
-    fused = kernels.support_pass(params, x, y, BackboneConfig(channels=16))
+@pytest.mark.parametrize("downsample", ["stride", "maxpool"])
+@pytest.mark.parametrize("shots", [1, 4])
+def test_fused_path_in_float32_matches_autograd(shots: int, downsample: str) -> None:
+    """float32 takes other kernels (oneDNN, and PyTorch's own first-layer convolution), and from
+    CHANNELS_LAST_MIN_IMAGES images on the channels-last layout (20 images here; 5 stay NCHW)."""
+    backbone = BackboneConfig(channels=16, downsample=downsample)
+    params = {name: value.float() for name, value in random_network(backbone, 5).items()}
+    x, y = images(5 * shots, 9).float(), torch.arange(5).repeat(shots)
+    assert (kernels.layout_for(x) == torch.channels_last) == (len(x) >= kernels.CHANNELS_LAST_MIN_IMAGES)
+    loss, grads = autograd_loss_and_grads(params, x, y, backbone)
+    fused = kernels.support_pass(params, x, y, backbone)
     torch.testing.assert_close(fused.loss, loss, rtol=1e-5, atol=1e-6)
     assert fused.grads is not None
     for name in params:
+        assert fused.grads[name].is_contiguous(), name  # optimizers may view them flat
         torch.testing.assert_close(fused.grads[name], grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    queries = images(kernels.CHANNELS_LAST_MIN_IMAGES + 4, 10).float()
+    joint = classify(params, torch.cat([x, queries]), backbone, stats_count=len(x))[len(x):]
+    assert fused.stats is not None
+    torch.testing.assert_close(kernels.logits_with_stats(params, queries, backbone, fused.stats), joint,
+                               rtol=1e-4, atol=1e-5)
+    features, _ = kernels.support_embedding(nets.backbone_only(params), x, backbone)
+    torch.testing.assert_close(features, embed(params, x, backbone), rtol=1e-4, atol=1e-5)
 
 
 def test_zero_head_gives_exactly_zero_backbone_gradient_as_autograd_does() -> None:
