@@ -355,6 +355,8 @@ def probe_memory(probe: dict[str, Any], backbone: BackboneConfig, device: torch.
                str(backbone.channels), "--device", str(device), "--threads", str(threads)]
     if not _ALLOCATOR_TUNED:
         command.append("--system-malloc")
+    if kernels.CHANNELS_LAST_MIN_IMAGES == sys.maxsize:
+        command.append("--no-channels-last")
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
                             env={**os.environ, "OMP_NUM_THREADS": str(threads)}, timeout=900)
     if result.returncode != 0:
@@ -495,6 +497,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {
         "allocator": "glibc malloc keeping freed memory (engine.device.keep_freed_memory)" if _ALLOCATOR_TUNED
         else "the system's malloc as configured (--system-malloc)",
+        "channels_last_from_images": kernels.CHANNELS_LAST_MIN_IMAGES if kernels.CHANNELS_LAST_MIN_IMAGES < sys.maxsize
+        else None,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -655,6 +659,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave malloc as it is (the app, training and evaluation keep freed memory; "
                              "this measures what that gains)")
+    parser.add_argument("--no-channels-last", action="store_true",
+                        help="run the fused kernels in NCHW layout at every batch size (measures what "
+                             "engine.kernels' channels-last layout gains)")
     parser.add_argument("--skip-peers", action="store_true", help="do not time the naive reference and the peers")
     parser.add_argument("--channels", type=int, default=CHANNELS, help=argparse.SUPPRESS)  # tests: tiny networks
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one memory measurement
@@ -673,6 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     global _ALLOCATOR_TUNED
     _ALLOCATOR_TUNED = not args.system_malloc and keep_freed_memory()
+    if args.no_channels_last:
+        kernels.CHANNELS_LAST_MIN_IMAGES = sys.maxsize
     backbone = BackboneConfig(channels=args.channels)
     if args.memory_probe is not None:
         torch.set_num_threads(args.thread_counts[0])
@@ -686,7 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = report["environment"]
     print(f"engine.bench: {env['date']}, {env['cpu']} ({env['cores']} cores), device {env['device']}, "
           f"torch {env['torch']}, Python {env['python']}, load average {env['load_average'][0]:.2f}")
-    print(f"  allocator: {env['allocator']}")
+    print(f"  allocator: {env['allocator']}; fused kernels in channels-last layout from "
+          f"{env['channels_last_from_images'] or 'no'} images on")
     for command in env["busy_processes"]:
         print(f"  running beside it: {command}")
     for index, threads in enumerate(args.thread_counts):

@@ -332,6 +332,7 @@ def test_benchmark_smoke_run_covers_every_registered_algorithm(tmp_path: Path) -
     assert {row["label"] for row in run["meta"]} >= {"maml (issue)", "fomaml", "reptile", "protonet"}
     assert report["environment"]["torch"] == torch.__version__
     assert "keep_freed_memory" in report["environment"]["allocator"]
+    assert report["environment"]["channels_last_from_images"] == kernels.CHANNELS_LAST_MIN_IMAGES
 
 
 def test_meta_step_specs_describe_the_configurations() -> None:
