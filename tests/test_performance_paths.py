@@ -85,8 +85,9 @@ def test_fused_path_in_float32_matches_autograd(shots: int, downsample: str) -> 
     queries = images(kernels.CHANNELS_LAST_MIN_IMAGES + 4, 10).float()
     joint = classify(params, torch.cat([x, queries]), backbone, stats_count=len(x))[len(x):]
     assert fused.stats is not None
+    # Two float32 routes through four batch norms (NHWC queries against an NCHW joint batch): 1e-4.
     torch.testing.assert_close(kernels.logits_with_stats(params, queries, backbone, fused.stats), joint,
-                               rtol=1e-4, atol=1e-5)
+                               rtol=1e-4, atol=1e-4)
     features, _ = kernels.support_embedding(nets.backbone_only(params), x, backbone)
     torch.testing.assert_close(features, embed(params, x, backbone), rtol=1e-4, atol=1e-5)
 
