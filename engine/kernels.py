@@ -36,8 +36,9 @@ _ENABLED = True
 LayerStats = tuple[Tensor, Tensor]
 
 # Batches of at least this many images run layers 1-3 in channels-last layout, whose oneDNN
-# convolutions are faster for these shapes; for a handful of images the layout copies cost about
-# what they save (measured: README, Performance).
+# convolutions are faster for these shapes. In an ad-hoc A/B of single support passes the two
+# layouts were about equal at 5 images and channels-last 9-16% faster from 10 on; the benchmark's
+# --no-channels-last measures the whole effect (README, Performance).
 CHANNELS_LAST_MIN_IMAGES = 8
 
 
@@ -113,16 +114,21 @@ def _conv(x: Tensor, weight: Tensor, backbone: BackboneConfig) -> Tensor:
     return conv3x3(x, weight, backbone.conv_stride)
 
 
+def _conv_in_layout(h: Tensor, weight: Tensor, layer: int, layout: torch.memory_format,
+                    backbone: BackboneConfig) -> tuple[Tensor, Tensor]:
+    """Layer ``layer``'s convolution with its output in ``layout``, and the weight as it ran. The
+    first layer (one input channel) keeps its own NCHW kernel; only its output moves."""
+    weight = weight.contiguous(memory_format=layout) if layer else weight
+    return _conv(h, weight, backbone).contiguous(memory_format=layout), weight
+
+
 def _forward(params: Params, x: Tensor, backbone: BackboneConfig) -> tuple[Tensor, Tensor, list[_Layer]]:
     """Embeddings and logits with batch statistics of ``x`` itself, plus what backward needs."""
     layers: list[_Layer] = []
     layout = layout_for(x)
     h = x
     for layer in range(backbone.layers):
-        # The first layer (one input channel) keeps its own kernel; its output moves to ``layout``.
-        weight = params[f"conv{layer}.weight"]
-        weight = weight.contiguous(memory_format=layout) if layer else weight
-        conv_output = _conv(h, weight, backbone).contiguous(memory_format=layout)
+        conv_output, weight = _conv_in_layout(h, params[f"conv{layer}.weight"], layer, layout, backbone)
         normalised, mean, invstd = torch.native_batch_norm(
             conv_output, params[f"bn{layer}.weight"], params[f"bn{layer}.bias"], None, None, True, 0.0, BN_EPS)
         activation = normalised.clamp_min_(0.0)  # ReLU in place: the normalised copy is not needed
@@ -265,9 +271,7 @@ def embed_with_stats(params: Params, x: Tensor, backbone: BackboneConfig, stats:
             mean, invstd = stats[layer]
             scale = invstd * params[f"bn{layer}.weight"].detach()
             shift = params[f"bn{layer}.bias"].detach() - mean * scale
-            weight = params[f"conv{layer}.weight"].detach()
-            h = _conv(h, weight.contiguous(memory_format=layout) if layer else weight, backbone)
-            h = h.contiguous(memory_format=layout)
+            h, _ = _conv_in_layout(h, params[f"conv{layer}.weight"].detach(), layer, layout, backbone)
             h = torch.addcmul(shift.view(1, -1, 1, 1), h, scale.view(1, -1, 1, 1)).clamp_min_(0.0)
             if backbone.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
@@ -288,10 +292,9 @@ def support_embedding(params: Params, inputs: Tensor, backbone: BackboneConfig) 
         h = inputs
         stats: list[LayerStats] = []
         for layer in range(backbone.layers):
-            weight = values[f"conv{layer}.weight"]
-            conv_output = _conv(h, weight.contiguous(memory_format=layout) if layer else weight, backbone)
+            conv_output, _ = _conv_in_layout(h, values[f"conv{layer}.weight"], layer, layout, backbone)
             h, mean, invstd = torch.native_batch_norm(
-                conv_output.contiguous(memory_format=layout), values[f"bn{layer}.weight"],
+                conv_output, values[f"bn{layer}.weight"],
                 values[f"bn{layer}.bias"], None, None, True, 0.0, BN_EPS)
             h = h.clamp_min_(0.0)
             if backbone.downsample == "maxpool":
