@@ -19,8 +19,11 @@ Measures, in one run on one machine, per thread count (``--threads``):
    ``nn.Module`` + ``torch.autograd.grad``), learn2learn and higher on the same weights and tasks
    (``engine.peers``), each as a ratio to ours measured in the same run, interleaved call by call.
 
-Learners are randomly initialised 64-channel networks (timings do not depend on trained weights);
-tasks are synthetic class-dependent blobs. Figures are medians over ``--repeats`` runs after
+Learners are randomly initialised 64-channel networks (timings do not depend on trained weights),
+each on the backbone of its shipped checkpoint (``models/<algorithm>/model.json``: ProtoNet's is the
+max-pooling Conv-4, the others the stride-2 one), so the figures are those of the networks the app
+adapts; ``--uniform-backbone`` puts every algorithm on the stride-2 Conv-4. The peers always time
+MAML's network. Tasks are synthetic class-dependent blobs. Figures are medians over ``--repeats`` runs after
 warm-up; the machine may be shared, so the ratios within one run are the figures that count.
 Peak memory is measured in a fresh subprocess per configuration (torch's CPU allocations are
 invisible to tracemalloc): the peak resident set size (``VmHWM``) of the whole process, and the
@@ -51,9 +54,11 @@ import torch
 
 from engine import kernels
 from engine.data.tasks import Task
+from engine.checkpoint import CheckpointError, read_metadata
 from engine.device import cpu_model
 from engine.learners import LEARNERS, AdaptSettings, Learner
 from engine.nets import BackboneConfig
+from engine.paths import REPO_ROOT
 
 ADAPT_STEPS = 10
 QUERIES = 20
@@ -200,13 +205,31 @@ def build_learner(name: str, backbone: BackboneConfig, device: torch.device, **c
                seed=0).to(device)
 
 
-def build_learners(backbone: BackboneConfig, device: torch.device) -> tuple[dict[str, Learner], dict[str, str]]:
-    """Every registered algorithm, freshly initialised; those that cannot be built get a reason."""
+def shipped_backbones(models: Path | None, default: BackboneConfig) -> dict[str, BackboneConfig]:
+    """Per registered algorithm, the backbone of its checkpoint in ``models`` (``<name>/model.json``)
+    at ``default``'s width; ``default`` where there is none (or ``models`` is None)."""
+    backbones: dict[str, BackboneConfig] = {}
+    for name in sorted(LEARNERS):
+        backbones[name] = default
+        if models is None:
+            continue
+        try:
+            shipped = BackboneConfig(**read_metadata(models / name / "model").get("backbone", {}))
+        except (CheckpointError, OSError, TypeError):
+            continue  # no readable checkpoint: the default network
+        backbones[name] = dataclasses.replace(shipped, channels=default.channels)
+    return backbones
+
+
+def build_learners(backbones: dict[str, BackboneConfig], device: torch.device
+                   ) -> tuple[dict[str, Learner], dict[str, str]]:
+    """Every registered algorithm on its backbone, freshly initialised; those that cannot be built
+    get a reason."""
     learners: dict[str, Learner] = {}
     failed: dict[str, str] = {}
     for name in sorted(LEARNERS):
         try:
-            learners[name] = build_learner(name, backbone, device)
+            learners[name] = build_learner(name, backbones[name], device)
         except Exception as error:  # noqa: BLE001 - one algorithm's failure is a row, not a crash
             failed[name] = f"cannot be built without data or a checkpoint: {type(error).__name__}: {error}"
     return learners, failed
@@ -294,20 +317,24 @@ def meta_step_fn(learner: Learner, tasks: list[Task]) -> Callable[[], object]:
     return step
 
 
-def bench_meta(specs: Sequence[MetaSpec], backbone: BackboneConfig, repeats: int, warmup: int, device: torch.device,
-               memory: bool, threads: int) -> list[dict[str, Any]]:
+def bench_meta(specs: Sequence[MetaSpec], backbones: dict[str, BackboneConfig], repeats: int, warmup: int,
+               device: torch.device, memory: bool, threads: int) -> list[dict[str, Any]]:
     rows = []
     for spec in specs:
         row: dict[str, Any] = {"label": spec.label, "algorithm": spec.algorithm, "config": spec.describe()}
         if spec.algorithm not in LEARNERS:
             rows.append({**row, "error": "not registered"})
             continue
+        backbone = backbones[spec.algorithm]
+        if backbone.downsample != BackboneConfig.downsample:
+            row["config"] += f", {backbone.downsample} Conv-4"
         try:
             step = meta_step_fn(meta_learner(spec, backbone, device), meta_batch(spec, device))
             times = interleaved({"step": step}, repeats, warmup, device)["step"]
             row.update(ms=times.median_ms, cpu_ms=times.cpu_ms, min_ms=min(times.wall))
             if memory:
-                row.update(probe_memory({"kind": "meta", "spec": dataclasses.asdict(spec)}, backbone, device, threads))
+                row.update(probe_memory({"kind": "meta", "spec": dataclasses.asdict(spec),
+                                         "backbone": dataclasses.asdict(backbone)}, backbone, device, threads))
         except Exception as error:  # noqa: BLE001
             row["error"] = f"{type(error).__name__}: {error}"
         rows.append(row)
@@ -367,6 +394,7 @@ def probe_memory(probe: dict[str, Any], backbone: BackboneConfig, device: torch.
 def run_memory_probe(probe: dict[str, Any], backbone: BackboneConfig, device: torch.device) -> dict[str, float]:
     """Inside the subprocess: build what ``probe`` names, note the memory, run two steps."""
     spec = MetaSpec(**probe["spec"])
+    backbone = BackboneConfig(**probe.get("backbone", dataclasses.asdict(backbone)))
     tasks = meta_batch(spec, device)
     if probe.get("peer"):
         from engine.peers import available_peers, module_from_params
@@ -461,12 +489,11 @@ def bench_peers(backbone: BackboneConfig, repeats: int, warmup: int, device: tor
 
     meta = ratios(meta_times)
     if memory:
-        meta["ours"].update(probe_memory({"kind": "meta", "spec": dataclasses.asdict(spec)}, backbone, device,
-                                         threads))
+        probe = {"kind": "meta", "spec": dataclasses.asdict(spec), "backbone": dataclasses.asdict(backbone)}
+        meta["ours"].update(probe_memory(probe, backbone, device, threads))
         for peer in peers:
             if peer.meta_step is not None:
-                meta[peer.name].update(probe_memory({"kind": "meta", "spec": dataclasses.asdict(spec),
-                                                     "peer": peer.name}, backbone, device, threads))
+                meta[peer.name].update(probe_memory({**probe, "peer": peer.name}, backbone, device, threads))
     return {
         "peers": [{"name": p.name, "version": p.version, "unavailable": p.unavailable} for p in peers],
         "adapt": ratios(adapt_times),
@@ -620,10 +647,10 @@ def print_run(run: dict[str, Any], shapes: Sequence[str]) -> None:
         print(f"- {check['target']}: {fmt(check['value'])} -> {state}")
 
 
-def run_all(args: argparse.Namespace, threads: int, device: torch.device, backbone: BackboneConfig,
+def run_all(args: argparse.Namespace, threads: int, device: torch.device, backbones: dict[str, BackboneConfig],
             memory: bool) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    learners, failed = build_learners(backbone, device)
+    learners, failed = build_learners(backbones, device)
     shapes = args.shapes
     print(f"[{threads} thread(s)] adaptation...", file=sys.stderr, flush=True)
     run: dict[str, Any] = {"threads": threads}
@@ -636,10 +663,10 @@ def run_all(args: argparse.Namespace, threads: int, device: torch.device, backbo
         run["compare_workers"] = bench_compare(learners, compare_shapes, args.repeats, args.warmup, device,
                                                workers=2)
     print(f"[{threads} thread(s)] meta-training...", file=sys.stderr, flush=True)
-    run["meta"] = bench_meta(META_SPECS, backbone, max(3, args.repeats // 2), args.warmup, device, memory, threads)
+    run["meta"] = bench_meta(META_SPECS, backbones, max(3, args.repeats // 2), args.warmup, device, memory, threads)
     if not args.skip_peers:
         print(f"[{threads} thread(s)] peers...", file=sys.stderr, flush=True)
-        run["peers"] = bench_peers(backbone, args.repeats, args.warmup, device, memory, threads)
+        run["peers"] = bench_peers(backbones["maml"], args.repeats, args.warmup, device, memory, threads)
     run["targets"] = check_targets(run)
     return run
 
@@ -662,6 +689,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-channels-last", action="store_true",
                         help="run the fused kernels in NCHW layout at every batch size (measures what "
                              "engine.kernels' channels-last layout gains)")
+    parser.add_argument("--uniform-backbone", action="store_true",
+                        help="every algorithm on the stride-2 Conv-4, not on its shipped checkpoint's backbone")
+    parser.add_argument("--models", type=Path, default=REPO_ROOT / "models",
+                        help="where the shipped checkpoints (whose backbones are timed) are")
     parser.add_argument("--skip-peers", action="store_true", help="do not time the naive reference and the peers")
     parser.add_argument("--channels", type=int, default=CHANNELS, help=argparse.SUPPRESS)  # tests: tiny networks
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one memory measurement
@@ -683,13 +714,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_channels_last:
         kernels.CHANNELS_LAST_MIN_IMAGES = sys.maxsize
     backbone = BackboneConfig(channels=args.channels)
+    backbones = shipped_backbones(None if args.uniform_backbone else args.models, backbone)
     if args.memory_probe is not None:
         torch.set_num_threads(args.thread_counts[0])
         print(json.dumps(run_memory_probe(json.loads(args.memory_probe), backbone, device)))
         return 0
     report: dict[str, Any] = {"environment": environment(device), "settings": {
         "adapt_steps": ADAPT_STEPS, "queries": QUERIES, "channels": args.channels, "repeats": args.repeats,
-        "warmup": args.warmup, "inner_lr": INNER_LR, "memory": "fresh subprocess per configuration: peak RSS "
+        "warmup": args.warmup, "inner_lr": INNER_LR,
+        "backbones": {name: config.downsample for name, config in backbones.items()},
+        "memory": "fresh subprocess per configuration: peak RSS "
         "(VmHWM) of the process, and its peak during two steps over the RSS before them; CUDA: "
         "max_memory_allocated"}, "runs": []}
     env = report["environment"]
@@ -697,11 +731,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"torch {env['torch']}, Python {env['python']}, load average {env['load_average'][0]:.2f}")
     print(f"  allocator: {env['allocator']}; fused kernels in channels-last layout from "
           f"{env['channels_last_from_images'] or 'no'} images on")
+    others = {name: config.downsample for name, config in backbones.items() if config != backbone}
+    print("  backbones: stride-2 Conv-4" + "".join(f"; {name}: {kind} (its shipped checkpoint's)"
+                                                   for name, kind in others.items()))
     for command in env["busy_processes"]:
         print(f"  running beside it: {command}")
     for index, threads in enumerate(args.thread_counts):
         # Memory does not depend on the thread count: probed once.
-        run = run_all(args, threads, device, backbone, memory=not args.quick and index == 0)
+        run = run_all(args, threads, device, backbones, memory=not args.quick and index == 0)
         report["runs"].append(run)
         print_run(run, args.shapes)
     report["environment"]["load_average_after"] = os.getloadavg()

@@ -336,6 +336,25 @@ def test_benchmark_smoke_run_covers_every_registered_algorithm(tmp_path: Path) -
     assert report["environment"]["channels_last_from_images"] == kernels.CHANNELS_LAST_MIN_IMAGES
 
 
+def test_benchmark_times_each_algorithm_on_its_shipped_backbone(tmp_path: Path) -> None:
+    from engine.bench import build_learners, shipped_backbones
+
+    (tmp_path / "protonet").mkdir()
+    (tmp_path / "protonet" / "model.json").write_text(json.dumps(
+        {"algorithm": "protonet", "backbone": {"channels": 64, "layers": 4, "downsample": "maxpool"}}))
+    (tmp_path / "maml").mkdir()
+    (tmp_path / "maml" / "model.json").write_text("{not json")  # unreadable: the default network
+    default = BackboneConfig(channels=4)
+    backbones = shipped_backbones(tmp_path, default)
+    assert set(backbones) == set(LEARNERS)
+    # The shipped downsampling at the benchmark's width; everything else on the default.
+    assert backbones["protonet"] == BackboneConfig(channels=4, downsample="maxpool")
+    assert all(backbone == default for name, backbone in backbones.items() if name != "protonet")
+    assert shipped_backbones(None, default) == dict.fromkeys(LEARNERS, default)
+    learners, failed = build_learners(backbones, torch.device("cpu"))
+    assert learners["protonet"].backbone.downsample == "maxpool" and not failed
+
+
 def test_meta_step_specs_describe_the_configurations() -> None:
     from engine.bench import META_SPECS
 
