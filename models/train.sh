@@ -6,17 +6,15 @@
 # models/train_round_robin.sh shares one CPU between several runs this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-run=${1:?usage: models/train.sh ALGORITHM}  # or a candidate run's name (below)
+run=${1:?usage: models/train.sh ALGORITHM}
 algorithm=$run
 python=${PYTHON:-.venv/bin/python}
 # Validation: 200 fixed 5-way 1-shot tasks from the held-out background alphabets (model selection only).
 val=(--val-tasks 200)
 protonet=(--ways 60 --shots 1 --queries 5 --meta-batch 1 --meta-steps 20000 --meta-lr-final 0.0001 --val-every 500)
 case "$run" in
-  protonet) args=("${protonet[@]}" "${val[@]}") ;;
-  # Candidate, not shipped: ProtoNet on the paper's max-pooling Conv-4 (models/RESULTS.md's protonet note).
-  # It replaces models/protonet only if it evaluates better.
-  protonet-maxpool) algorithm=protonet; args=("${protonet[@]}" --downsample maxpool "${val[@]}") ;;
+  # The paper's max-pooling Conv-4 (models/RESULTS.md's protonet note): adapting is one forward pass.
+  protonet) args=("${protonet[@]}" --downsample maxpool "${val[@]}") ;;
   maml)     args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 20000 --inner-steps 2 --inner-lr 0.4
                   --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
   fomaml)   args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 3 --inner-lr 0.4
