@@ -333,8 +333,7 @@ def bench_meta(specs: Sequence[MetaSpec], backbones: dict[str, BackboneConfig], 
             times = interleaved({"step": step}, repeats, warmup, device)["step"]
             row.update(ms=times.median_ms, cpu_ms=times.cpu_ms, min_ms=min(times.wall))
             if memory:
-                row.update(probe_memory({"kind": "meta", "spec": dataclasses.asdict(spec),
-                                         "backbone": dataclasses.asdict(backbone)}, backbone, device, threads))
+                row.update(probe_memory({"kind": "meta", "spec": dataclasses.asdict(spec)}, backbone, device, threads))
         except Exception as error:  # noqa: BLE001
             row["error"] = f"{type(error).__name__}: {error}"
         rows.append(row)
@@ -377,9 +376,10 @@ _ALLOCATOR_TUNED = False
 
 def probe_memory(probe: dict[str, Any], backbone: BackboneConfig, device: torch.device,
                  threads: int) -> dict[str, Any]:
-    """Runs ``probe`` in a fresh interpreter and returns its peak memory figures."""
-    command = [sys.executable, "-m", "engine.bench", "--memory-probe", json.dumps(probe), "--channels",
-               str(backbone.channels), "--device", str(device), "--threads", str(threads)]
+    """Runs ``probe`` on ``backbone`` in a fresh interpreter and returns its peak memory figures."""
+    probe = {**probe, "backbone": dataclasses.asdict(backbone)}
+    command = [sys.executable, "-m", "engine.bench", "--memory-probe", json.dumps(probe), "--device", str(device),
+               "--threads", str(threads)]
     if not _ALLOCATOR_TUNED:
         command.append("--system-malloc")
     if kernels.CHANNELS_LAST_MIN_IMAGES == sys.maxsize:
@@ -391,10 +391,10 @@ def probe_memory(probe: dict[str, Any], backbone: BackboneConfig, device: torch.
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run_memory_probe(probe: dict[str, Any], backbone: BackboneConfig, device: torch.device) -> dict[str, float]:
+def run_memory_probe(probe: dict[str, Any], device: torch.device) -> dict[str, float]:
     """Inside the subprocess: build what ``probe`` names, note the memory, run two steps."""
     spec = MetaSpec(**probe["spec"])
-    backbone = BackboneConfig(**probe.get("backbone", dataclasses.asdict(backbone)))
+    backbone = BackboneConfig(**probe["backbone"])
     tasks = meta_batch(spec, device)
     if probe.get("peer"):
         from engine.peers import available_peers, module_from_params
@@ -489,7 +489,7 @@ def bench_peers(backbone: BackboneConfig, repeats: int, warmup: int, device: tor
 
     meta = ratios(meta_times)
     if memory:
-        probe = {"kind": "meta", "spec": dataclasses.asdict(spec), "backbone": dataclasses.asdict(backbone)}
+        probe = {"kind": "meta", "spec": dataclasses.asdict(spec)}
         meta["ours"].update(probe_memory(probe, backbone, device, threads))
         for peer in peers:
             if peer.meta_step is not None:
@@ -713,12 +713,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _ALLOCATOR_TUNED = not args.system_malloc and keep_freed_memory()
     if args.no_channels_last:
         kernels.CHANNELS_LAST_MIN_IMAGES = sys.maxsize
-    backbone = BackboneConfig(channels=args.channels)
-    backbones = shipped_backbones(None if args.uniform_backbone else args.models, backbone)
     if args.memory_probe is not None:
         torch.set_num_threads(args.thread_counts[0])
-        print(json.dumps(run_memory_probe(json.loads(args.memory_probe), backbone, device)))
+        print(json.dumps(run_memory_probe(json.loads(args.memory_probe), device)))
         return 0
+    backbone = BackboneConfig(channels=args.channels)
+    backbones = shipped_backbones(None if args.uniform_backbone else args.models, backbone)
     report: dict[str, Any] = {"environment": environment(device), "settings": {
         "adapt_steps": ADAPT_STEPS, "queries": QUERIES, "channels": args.channels, "repeats": args.repeats,
         "warmup": args.warmup, "inner_lr": INNER_LR,

@@ -12,6 +12,9 @@ python=${PYTHON:-.venv/bin/python}
 # Validation: 200 fixed 5-way 1-shot tasks from the held-out background alphabets (model selection only).
 val=(--val-tasks 200)
 protonet=(--ways 60 --shots 1 --queries 5 --meta-batch 1 --meta-steps 20000 --meta-lr-final 0.0001 --val-every 500)
+# The paper's Omniglot schedule: 5 tasks a meta-step drawn with 10 shots, meta step size 1 -> 0, each of the
+# 5 inner steps on a minibatch of 10 images (2 per class).
+reptile=(--ways 5 --shots 10 --queries 1 --meta-batch 5 --inner-steps 5 --inner-lr 0.4 --inner-shots 2)
 case "$run" in
   # The paper's max-pooling Conv-4 (models/RESULTS.md's protonet note): adapting is one forward pass.
   protonet) args=("${protonet[@]}" --downsample maxpool "${val[@]}") ;;
@@ -23,15 +26,10 @@ case "$run" in
                   --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
   mc1|mc2)  args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 1 --inner-lr 0.4
                   --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
-  # The paper's Omniglot schedule: 5 tasks a meta-step drawn with 10 shots, meta step size 1 -> 0, each of the
-  # 5 inner steps on a minibatch of 10 images (2 per class).
-  reptile)  args=(--ways 5 --shots 10 --queries 1 --meta-batch 5 --meta-steps 10000 --inner-steps 5 --inner-lr 0.4
-                  --inner-shots 2 --val-every 250 "${val[@]}") ;;
+  reptile)  args=("${reptile[@]}" --meta-steps 10000 --val-every 250 "${val[@]}") ;;
   # Candidate, not shipped: the paper's 100k meta-steps (models/RESULTS.md's reptile note). It replaces
   # models/reptile only if it evaluates better.
-  reptile-100k) algorithm=reptile
-                args=(--ways 5 --shots 10 --queries 1 --meta-batch 5 --meta-steps 100000 --inner-steps 5 --inner-lr 0.4
-                      --inner-shots 2 --val-every 1000 "${val[@]}") ;;
+  reptile-100k) algorithm=reptile; args=("${reptile[@]}" --meta-steps 100000 --val-every 1000 "${val[@]}") ;;
   # The paper's lambda 2, CG 5 and damping 1; 10 inner steps at 0.2 (the paper: 16 at 0.1) to fit a CPU,
   # solved with backtracking (the learner's default inner optimizer, armijo). Meta-lr 4x MAML's: the
   # conv weights start 4x larger (see engine/learners/imaml.py), so Adam's steps are 4x smaller relative to them.
