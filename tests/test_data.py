@@ -245,5 +245,6 @@ def test_real_omniglot_splits(omniglot_dir: Path) -> None:
     assert set(splits.train.alphabets).isdisjoint(splits.val.alphabets)
     assert set(splits.train.alphabets) | set(splits.val.alphabets) == set(bg.alphabets)
     assert splits.train.num_classes + splits.val.num_classes == 964
+    assert splits.train.num_classes == 788  # models/RESULTS.md (engine.results) quotes the counts
     assert len(splits.train.alphabet_names) == 25
     assert splits.test.num_classes == 659
