@@ -110,16 +110,32 @@ class SupportPass:
         return self.grads
 
 
-def _conv(x: Tensor, weight: Tensor, backbone: BackboneConfig) -> Tensor:
-    return conv3x3(x, weight, backbone.conv_stride)
+def _conv(x: Tensor, weight: Tensor, backbone: BackboneConfig, bias: Tensor | None = None) -> Tensor:
+    return conv3x3(x, weight, backbone.conv_stride, bias)
+
+
+def _first_conv_channels_last(x: Tensor, weight: Tensor, stride: int, bias: Tensor | None) -> Tensor:
+    """The first layer's 3x3 convolution (one input channel) as im2col and one matrix product whose
+    result is already in channels-last order, so no copy into that layout follows (in an ad-hoc A/B
+    35-50% faster than PyTorch's NCHW kernel plus the copy, at 5 to 75 images)."""
+    images, _, height, width = x.shape
+    out_height, out_width = (height - 1) // stride + 1, (width - 1) // stride + 1
+    patches = F.unfold(x, 3, padding=1, stride=stride).transpose(1, 2).reshape(-1, 9)
+    flat_weight = weight.reshape(weight.shape[0], 9).t()
+    out = patches @ flat_weight if bias is None else torch.addmm(bias, patches, flat_weight)
+    return out.view(images, out_height, out_width, -1).permute(0, 3, 1, 2)
 
 
 def _conv_in_layout(h: Tensor, weight: Tensor, layer: int, layout: torch.memory_format,
-                    backbone: BackboneConfig) -> tuple[Tensor, Tensor]:
+                    backbone: BackboneConfig, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Layer ``layer``'s convolution with its output in ``layout``, and the weight as it ran. The
-    first layer (one input channel) keeps its own NCHW kernel; only its output moves."""
-    weight = weight.contiguous(memory_format=layout) if layer else weight
-    return _conv(h, weight, backbone).contiguous(memory_format=layout), weight
+    first layer (one input channel) keeps its own kernel, NCHW or :func:`_first_conv_channels_last`."""
+    if layer:
+        weight = weight.contiguous(memory_format=layout)
+        return _conv(h, weight, backbone, bias).contiguous(memory_format=layout), weight
+    if layout == torch.channels_last and h.shape[1] == 1:
+        return _first_conv_channels_last(h, weight, backbone.conv_stride, bias), weight
+    return _conv(h, weight, backbone, bias), weight
 
 
 def _forward(params: Params, x: Tensor, backbone: BackboneConfig) -> tuple[Tensor, Tensor, list[_Layer]]:
@@ -271,8 +287,11 @@ def embed_with_stats(params: Params, x: Tensor, backbone: BackboneConfig, stats:
             mean, invstd = stats[layer]
             scale = invstd * params[f"bn{layer}.weight"].detach()
             shift = params[f"bn{layer}.bias"].detach() - mean * scale
-            h, _ = _conv_in_layout(h, params[f"conv{layer}.weight"].detach(), layer, layout, backbone)
-            h = torch.addcmul(shift.view(1, -1, 1, 1), h, scale.view(1, -1, 1, 1)).clamp_min_(0.0)
+            # With fixed statistics batch norm is a per-channel affine map: folded into the
+            # convolution's weight and bias it costs no pass of its own over the activations.
+            weight = params[f"conv{layer}.weight"].detach() * scale.view(-1, 1, 1, 1)
+            h, _ = _conv_in_layout(h, weight, layer, layout, backbone, bias=shift)
+            h = h.clamp_min_(0.0)
             if backbone.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
         return h.mean(dim=(2, 3))

@@ -148,14 +148,14 @@ def batch_norm_by_hand(x: Tensor, weight: Tensor, bias: Tensor, stats_count: int
     return torch.addcmul(bias.view(1, 1, -1, 1, 1), centred, scale).view(x.shape)
 
 
-def conv3x3(x: Tensor, weight: Tensor, stride: int) -> Tensor:
-    """A 3x3 convolution, padding 1, no bias."""
+def conv3x3(x: Tensor, weight: Tensor, stride: int, bias: Tensor | None = None) -> Tensor:
+    """A 3x3 convolution, padding 1 (the Conv-4 has no bias; :mod:`engine.kernels` folds batch norm into one)."""
     if x.shape[1] == 1 and x.device.type == "cpu" and not torch._C._functorch.is_functorch_wrapped_tensor(x):
         # The first layer (one input channel): oneDNN's kernel is 4-7x slower than PyTorch's own
         # im2col + GEMM beyond a few images (320 images: 29 ms vs 7 ms forward + backward, one
         # thread), which also has an exact double backward.
-        return torch.ops.aten._slow_conv2d_forward(x, weight, [3, 3], None, [stride, stride], [1, 1])
-    return F.conv2d(x, weight, stride=stride, padding=1)
+        return torch.ops.aten._slow_conv2d_forward(x, weight, [3, 3], bias, [stride, stride], [1, 1])
+    return F.conv2d(x, weight, bias, stride=stride, padding=1)
 
 
 # Sees (layer, conv input, conv output) and returns the output to continue with: lets K-FAC read
