@@ -84,7 +84,10 @@ NOTES: dict[str, str] = {
                "validation after 2250 meta-steps at 0.69 s each (`git show 7e34fae:models/reptile/curve.jsonl`), "
                "against 89.6% after 2250 at 0.15 s for this one. Still unlike the paper: 10k meta-steps "
                "instead of 100k, and test-time adaptation by 10 full-batch SGD steps from a zero head, where "
-               "the paper adapts with Adam for 50 steps from a meta-learned head.",
+               "the paper adapts with Adam for 50 steps from a meta-learned head. A candidate run on the paper's "
+               "100k schedule (`bash models/train.sh reptile-100k`, in models/reptile-100k, not shipped) has not "
+               "done better so far: its best validation is 91.5% at step 16000, and from step 47000 to 80000 it "
+               "stayed at 86-89% while the meta step size decayed from 0.53 to 0.20 (its curve.jsonl).",
     "imaml": "did not learn in its first full-size runs (not kept). Two changes made it "
              "learn: its conv weights start 4x larger than nn.Conv2d's default, because under batch norm "
              "the support loss's curvature grows as 1/scale^2 and at the default scale the inner loop "
