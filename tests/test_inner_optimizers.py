@@ -523,3 +523,35 @@ def test_a_rejected_armijo_trial_costs_no_backward_pass(monkeypatch: pytest.Monk
     assert calls["evaluate"] > 5  # halvings happened
     assert calls["backward"] == 4  # the start and the three accepted points stepped from
     assert all(b.loss <= a.loss for a, b in zip(adapted.trace, adapted.trace[1:]))
+
+
+# ----------------------------------------------------------------------------- adam
+
+
+@pytest.mark.parametrize(("name", "beta1"), [("adam", 0.9), ("adam-no-momentum", 0.0)])
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_adam_takes_torch_optim_adams_steps_from_fresh_moments(name: str, beta1: float, create_graph: bool) -> None:
+    """Four steps on given gradients equal torch.optim.Adam's from zero moments; a second instance
+    starts from zero moments again (Reptile makes one per task)."""
+    generator = torch.Generator().manual_seed(0)
+    start = {"a": torch.randn(3, 4, generator=generator, dtype=DOUBLE),
+             "b": torch.randn(5, generator=generator, dtype=DOUBLE)}
+    gradient_sequence = [{k: torch.randn(v.shape, generator=generator, dtype=DOUBLE) * scale for k, v in start.items()}
+                         for scale in (1.0, 0.1, 3.0, 0.5)]
+    problem = InnerProblem(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long), TINY, create_graph)
+    reference = {k: v.clone().requires_grad_(True) for k, v in start.items()}
+    torch_adam = torch.optim.Adam(list(reference.values()), lr=0.01, betas=(beta1, 0.999), eps=1e-8)
+    for fresh in (make_inner_optimizer(name), make_inner_optimizer(name)):
+        params = {k: v.clone().requires_grad_(create_graph) for k, v in start.items()}
+        for grads in gradient_sequence:
+            params = fresh.step(params, grads, torch.zeros(()), 0.01, problem)
+        assert params["a"].requires_grad == create_graph
+    for grads in gradient_sequence:
+        for key, value in reference.items():
+            value.grad = grads[key].clone()
+        torch_adam.step()
+    # With a graph eps sits inside the square root (the optimizer says why): a relative change of
+    # about eps / sqrt(v) per step.
+    tolerance = 1e-7 if create_graph else 1e-12
+    for key, value in reference.items():
+        torch.testing.assert_close(params[key].detach(), value.detach(), rtol=tolerance, atol=tolerance)

@@ -283,3 +283,32 @@ def test_divergence_is_flagged_even_when_the_loss_comes_back() -> None:
     assert divergence_warning(trace([0.69, 1.5, 0.3])) is None  # a bump within the allowed factor
     warning = divergence_warning(trace([0.69, 393.0, 1e9, 0.69]))
     assert warning is not None and "1e+09 at step 2" in warning and "final 0.69" in warning
+
+
+def test_reptile_with_adam_starts_each_tasks_inner_loop_from_fresh_moments() -> None:
+    """The paper's inner optimizer (Adam, beta1 = 0): the update interpolates toward weights that a
+    fresh torch.optim.Adam per task reaches, and ``adapt`` uses that optimizer by default."""
+    # Float64: Adam divides each gradient by its own running scale, so float32 rounding in a tiny
+    # gradient entry would show up at the step's full size.
+    learner = to_double(make("reptile", meta_lr=1.0, meta_lr_final=None, inner_steps=3, inner_lr=0.01,
+                             inner_optimizer="adam-no-momentum"))
+    assert learner.default_optimizer() == "adam-no-momentum"
+    batch = tasks(3, dtype=torch.float64)
+    theta = {k: v.detach().clone() for k, v in learner.params.items()}
+    adapted_mean = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for task in batch:
+        fast = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
+        fast.update({k: v.requires_grad_(True) for k, v in zero_head(task.ways, TINY, task.support_x).items()})
+        reference = torch.optim.Adam(list(fast.values()), lr=0.01, betas=(0.0, 0.999), eps=1e-8)
+        for _ in range(3):
+            reference.zero_grad()
+            F.cross_entropy(classify(fast, task.support_x, TINY), task.support_y).backward()
+            reference.step()
+        for k in adapted_mean:
+            adapted_mean[k] += fast[k].detach() / len(batch)
+    optimizer = learner.meta_optimizer()
+    optimizer.zero_grad()
+    learner.meta_loss(batch).loss.backward()
+    optimizer.step()
+    for k, value in learner.params.items():
+        torch.testing.assert_close(value.detach(), adapted_mean[k])

@@ -39,6 +39,9 @@ class ReptileConfig(GradientConfig):
     meta_lr_final: float | None = 0.0
     # Examples of every class in each inner step's minibatch; 0: every step sees the whole support set.
     inner_shots: int = 0
+    # The inner loop's optimizer, in meta-training and by default at test time (the paper: Adam
+    # without momentum, "adam-no-momentum"); a fresh one, with fresh state, for every task.
+    inner_optimizer: str = "sgd"
 
 
 def minibatches(task: "Task", shots_per_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -79,14 +82,17 @@ class Reptile(GradientLearner):
     # The paper trains on more shots than it tests (inner batches drawn from 10-15 examples per class).
     train_defaults = {"shots": 10, "meta_batch": 5}
 
+    def default_optimizer(self) -> str:
+        return self.config.inner_optimizer
+
     def meta_loss(self, tasks: Sequence["Task"]) -> MetaLoss:
         adapted_sum: Params = {k: torch.zeros_like(v) for k, v in self.params.items()}
         losses, accuracies = [], []
-        optimizer = make_inner_optimizer("sgd")
         for task in tasks:
             start = self.detached_start(task.ways)
             adapted = minibatch_inner_loop(start, minibatches(task, self.config.inner_shots), self.config.inner_steps,
-                                           self.inner_lr(), optimizer, self.backbone)
+                                           self.inner_lr(), make_inner_optimizer(self.config.inner_optimizer),
+                                           self.backbone)
             for k in adapted_sum:
                 adapted_sum[k] += adapted[k].detach()
             with torch.no_grad():  # query metrics are for the progress bar only

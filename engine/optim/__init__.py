@@ -14,7 +14,7 @@ from engine.optim.base import (
 )
 
 # Registry entries: importing a module registers its optimizers.
-from engine.optim import armijo, bounded, kfac, natgrad, newton, sgd  # noqa: E402,F401
+from engine.optim import adam, armijo, bounded, kfac, natgrad, newton, sgd  # noqa: E402,F401
 
 __all__ = [
     "INNER_OPTIMIZERS",
