@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import CheckpointError, load_learner
+from engine.checkpoint import CheckpointError, load_learner, read_metadata
 from engine.compare import effective_settings
-from engine.data.omniglot import DatasetNotFoundError, load_split
+from engine.data.omniglot import SPLIT_SCHEMES, DatasetNotFoundError, load_split, load_splits
 from engine.data.tasks import Task, task_stream
 from engine.device import keep_freed_memory, resolve_device
 from engine.learners import AdaptSettings, Learner
@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transductive", action="store_true",
                         help="normalise queries with the query batch's statistics (MAML paper) instead of the support set's")
     parser.add_argument("--split", choices=["evaluation", "validation"], default="evaluation",
-                        help="evaluation split (final numbers) or the held-out background alphabets (model selection)")
+                        help="the test characters (final numbers) or the validation characters (model selection)")
+    parser.add_argument("--split-scheme", choices=SPLIT_SCHEMES, default=None,
+                        help="which characters the splits hold (default: the one the checkpoint was trained "
+                             "with): alphabets (ours: unseen test alphabets) or characters (the papers' split)")
     parser.add_argument("--data-dir", default=None, help="Omniglot folder (default: $OMNIGLOT_DIR, then known places)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
@@ -88,12 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     try:
         learner = load_learner(args.checkpoint, device)
-        if args.split == "evaluation":
-            chars = load_split(resolve_data_dir(args.data_dir), "evaluation")
+        if args.split_scheme is None:
+            args.split_scheme = read_metadata(args.checkpoint).get("train", {}).get("split_scheme", "alphabets")
+        if args.split == "evaluation" and args.split_scheme == "alphabets":
+            chars = load_split(resolve_data_dir(args.data_dir), "evaluation")  # the test split alone
         else:
-            from engine.data.omniglot import load_splits
-
-            chars = load_splits(resolve_data_dir(args.data_dir)).val
+            splits = load_splits(resolve_data_dir(args.data_dir), scheme=args.split_scheme)
+            chars = splits.test if args.split == "evaluation" else splits.val
     except (CheckpointError, DatasetNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -119,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "tasks": result.tasks, "accuracy": result.accuracy, "ci95": result.ci95, "inner_steps": steps,
                    "optimizer": optimizer,
                    "transductive": args.transductive, "finetune": args.finetune, "split": args.split,
+                   "split_scheme": args.split_scheme,
                    "seed": args.seed, "checkpoint": str(args.checkpoint)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

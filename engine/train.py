@@ -54,6 +54,9 @@ class TrainConfig:
     val_every: int = 100
     checkpoint_minutes: float = 3.0
     seed: int = 0
+    # Which characters train, validate and test (engine.data.omniglot.load_splits): "alphabets"
+    # (ours: unseen test alphabets) or "characters" (the papers' random character split).
+    split_scheme: str = "alphabets"
 
 
 VALIDATION_SEED = 2017  # the same validation tasks for every run, so curves are comparable
@@ -268,12 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()
     torch.manual_seed(config.seed)
     data_dir = resolve_data_dir(args.data_dir)
-    try:
-        splits = load_splits(data_dir)
-    except DatasetNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     out: Path = args.out
+    metadata: dict[str, Any] = {}
     if args.resume:
         try:
             metadata = read_metadata(out / "last")
@@ -284,15 +283,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {out} holds a {metadata['algorithm']} run, not {args.algorithm}", file=sys.stderr)
             return 2
         # The run's own settings win over the command line, except how long to train.
-        saved = {**metadata["train"], "meta_steps": config.meta_steps}
-        config = TrainConfig(**saved)
+        config = TrainConfig(**{**metadata["train"], "meta_steps": config.meta_steps})
+    elif (out / "resume.json").exists():
+        print(f"error: {out} already holds a run; pass --resume to continue it or choose another --out",
+              file=sys.stderr)
+        return 2
+    try:
+        splits = load_splits(data_dir, scheme=config.split_scheme)  # the resumed run's own scheme
+    except (DatasetNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.resume:
         learner = learner_cls(config=learner_cls.config_class(**metadata["config"]),
                               backbone=BackboneConfig(**metadata["backbone"]))
     else:
-        if (out / "resume.json").exists():
-            print(f"error: {out} already holds a run; pass --resume to continue it or choose another --out",
-                  file=sys.stderr)
-            return 2
         # Completed from the data (e.g. pretrain's number of classes) and saved with the checkpoints.
         learner_config = learner_cls.config_for_data(pick(args, learner_cls.config_class), splits.train, config)
         learner = learner_cls(config=learner_config,

@@ -15,6 +15,7 @@ import torch
 from engine.data import omniglot
 from engine.data.__main__ import main as cli_main
 from engine.data.omniglot import (
+    CHARACTER_SPLIT_SIZES,
     VALIDATION_ALPHABETS,
     CharacterSet,
     DatasetNotFoundError,
@@ -248,3 +249,24 @@ def test_real_omniglot_splits(omniglot_dir: Path) -> None:
     assert splits.train.num_classes == 788  # models/RESULTS.md (engine.results) quotes the counts
     assert len(splits.train.alphabet_names) == 25
     assert splits.test.num_classes == 659
+
+
+def test_real_omniglot_character_split(omniglot_dir: Path) -> None:
+    """The papers' split: every character in exactly one part, Vinyals et al.'s sizes, test
+    characters from alphabets that training has seen, and the same split on every call."""
+    splits = load_splits(omniglot_dir, scheme="characters")
+    parts = (splits.train, splits.val, splits.test)
+    assert tuple(part.num_classes for part in parts) == CHARACTER_SPLIT_SIZES == (1028, 172, 423)
+    names = [set(part.characters) for part in parts]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    sources = [load_split(omniglot_dir, "background"), load_split(omniglot_dir, "evaluation")]
+    assert set().union(*names) == set(sources[0].characters) | set(sources[1].characters)
+    assert set(splits.test.alphabets) <= set(splits.train.alphabets)
+    assert len(splits.test.alphabet_names) > 40  # drawn from (nearly) every alphabet, not a block of them
+    assert load_splits(omniglot_dir, scheme="characters").test.characters == splits.test.characters
+    for index in (0, 200, 422):  # each character keeps its own drawings
+        name = splits.test.characters[index]
+        source = next(source for source in sources if name in source.characters)
+        np.testing.assert_array_equal(splits.test.images[index], source.images[source.characters.index(name)])
+    with pytest.raises(ValueError, match="split scheme"):
+        load_splits(omniglot_dir, scheme="random")

@@ -15,6 +15,7 @@ import torch
 
 from engine import evaluate, train
 from engine.checkpoint import load_learner, load_tensors, read_metadata
+from engine.data.omniglot import load_splits
 from engine.learners import LEARNERS
 from engine.paths import REPO_ROOT
 
@@ -169,3 +170,31 @@ def test_max_minutes_pauses_with_the_state_saved(omniglot_dir: Path, tmp_path: P
     assert train.main(["--data-dir", str(omniglot_dir), *args, "--resume"]) == 0
     metadata = read_metadata(tmp_path / "last")
     assert metadata["meta_step"] == 3 and [p["start_step"] for p in metadata["pieces"]] == [0, 1]
+
+
+def test_the_split_scheme_is_the_runs_own_through_resume_and_evaluation(tmp_path: Path, omniglot_dir: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run on the papers' character split keeps it when resumed without the flag, and evaluation
+    draws its tasks from that split's test characters unless told otherwise."""
+    schemes: list[str] = []
+    real_load_splits = train.load_splits
+    monkeypatch.setattr(train, "load_splits", lambda data_dir, scheme: schemes.append(scheme) or
+                        real_load_splits(data_dir, scheme=scheme, progress=False))
+    out = tmp_path / "run"
+    common = ["--algorithm", "fomaml", "--out", str(out), *SMALL]
+    run_train(*common, "--meta-steps", "2", "--split-scheme", "characters", data_dir=omniglot_dir)
+    run_train(*common, "--meta-steps", "4", "--resume", data_dir=omniglot_dir)
+    assert schemes == ["characters", "characters"]
+    assert read_metadata(out / "model")["train"]["split_scheme"] == "characters"
+
+    drawn_from: list[tuple[str, ...]] = []
+    real_stream = evaluate.task_stream
+    monkeypatch.setattr(evaluate, "task_stream", lambda chars, *args: drawn_from.append(chars.characters) or
+                        real_stream(chars, *args))
+    base = ["--checkpoint", str(out / "model"), "--ways", "3", "--tasks", "2", "--data-dir", str(omniglot_dir)]
+    assert evaluate.main(base) == 0
+    assert evaluate.main([*base, "--split", "validation"]) == 0
+    assert evaluate.main([*base, "--split-scheme", "alphabets"]) == 0
+    papers = load_splits(omniglot_dir, scheme="characters", progress=False)
+    assert drawn_from == [papers.test.characters, papers.val.characters,
+                          load_splits(omniglot_dir, progress=False).test.characters]

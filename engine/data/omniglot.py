@@ -48,6 +48,15 @@ VALIDATION_ALPHABETS: tuple[str, ...] = (
 )
 """Background alphabets held out for validation / model selection (never trained on)."""
 
+SplitScheme = Literal["alphabets", "characters"]
+SPLIT_SCHEMES: tuple[SplitScheme, ...] = get_args(SplitScheme)
+"""How characters are divided between meta-training, validation and test (:func:`load_splits`)."""
+
+CHARACTER_SPLIT_SIZES = (1028, 172, 423)
+"""Train / validation / test characters of the ``characters`` scheme: Vinyals et al.'s sizes (2016),
+also ProtoNet's; MAML's and Reptile's code trains on the first two together (1200) and tests on 423."""
+CHARACTER_SPLIT_SEED = 0
+
 DOWNLOAD_HINT = "python -m engine.data download --dest DIR"
 
 
@@ -111,7 +120,8 @@ class CharacterSet:
 
 @dataclass(frozen=True, eq=False)
 class Splits:
-    """Meta-train / meta-validation / meta-test character sets (disjoint alphabets)."""
+    """Meta-train / meta-validation / meta-test character sets (disjoint characters; disjoint
+    alphabets too under the default ``alphabets`` scheme)."""
 
     train: CharacterSet
     val: CharacterSet
@@ -321,9 +331,33 @@ def load_split(data_dir: Path | str | None, split: Split, *, progress: bool = Tr
     return chars
 
 
-def load_splits(data_dir: Path | str | None = None, *, progress: bool = True) -> Splits:
-    """train = background minus :data:`VALIDATION_ALPHABETS`, val = those, test = evaluation."""
+def character_splits(background: CharacterSet, evaluation: CharacterSet, seed: int = CHARACTER_SPLIT_SEED) -> Splits:
+    """The papers' split: all characters of both official splits shuffled together, whatever their
+    alphabet, then cut into :data:`CHARACTER_SPLIT_SIZES` (test characters' alphabets are seen in
+    training). The original papers' exact character lists are not part of the dataset; ``seed`` fixes ours."""
+    images = np.concatenate([background.images, evaluation.images])
+    everything = CharacterSet(images=images, characters=background.characters + evaluation.characters,
+                              alphabets=background.alphabets + evaluation.alphabets)
+    if everything.num_classes != sum(CHARACTER_SPLIT_SIZES):
+        raise ValueError(f"the character split needs {sum(CHARACTER_SPLIT_SIZES)} characters, "
+                         f"found {everything.num_classes}")
+    order = np.random.default_rng(seed).permutation(everything.num_classes)
+    train_end, val_end = CHARACTER_SPLIT_SIZES[0], CHARACTER_SPLIT_SIZES[0] + CHARACTER_SPLIT_SIZES[1]
+    return Splits(train=everything.subset(np.sort(order[:train_end])),
+                  val=everything.subset(np.sort(order[train_end:val_end])),
+                  test=everything.subset(np.sort(order[val_end:])))
+
+
+def load_splits(data_dir: Path | str | None = None, *, progress: bool = True,
+                scheme: SplitScheme | str = "alphabets") -> Splits:
+    """``alphabets`` (ours, the default): train = background minus :data:`VALIDATION_ALPHABETS`,
+    val = those, test = evaluation, so test alphabets are unseen. ``characters``: the papers' split
+    (:func:`character_splits`)."""
+    if scheme not in SPLIT_SCHEMES:
+        raise ValueError(f"split scheme must be one of {SPLIT_SCHEMES}, got {scheme!r}")
     background = load_split(data_dir, "background", progress=progress)
+    if scheme == "characters":
+        return character_splits(background, load_split(data_dir, "evaluation", progress=progress))
     is_val = np.array([a in VALIDATION_ALPHABETS for a in background.alphabets], dtype=bool)
     if is_val.all() or not is_val.any():
         raise ValueError(
