@@ -112,6 +112,9 @@ TOLERANCE = {(5, 1): 1.0, (20, 1): 2.0}
 TRANSDUCTIVE_ROWS = {"maml", "fomaml", "reptile"}
 # These must meet or beat their papers.
 MUST_MATCH = {"maml", "protonet"}
+# Runs trained and tested on the papers' character split (models/train.sh), shown in a table of
+# their own beside the published figures: run folder -> algorithm.
+PAPERS_SPLIT_RUNS = {"protonet-characters": "protonet"}
 
 
 def setting_name(ways: int, shots: int) -> str:
@@ -130,9 +133,11 @@ def shipped_algorithms(models: Path) -> list[str]:
     return [name for name in LEARNERS if (models / name / "model.safetensors").exists()]
 
 
-def evaluation_path(models: Path, algorithm: str, ways: int, shots: int, transductive: bool = False) -> Path:
+def evaluation_path(models: Path, run: str, ways: int, shots: int, transductive: bool = False) -> Path:
+    """Where ``run``'s evaluation is stored (``run``: its folder in models/, the algorithm's name for
+    a shipped run)."""
     suffix = "-transductive" if transductive else ""
-    return models / "eval" / algorithm / f"{setting_name(ways, shots)}{suffix}.json"
+    return models / "eval" / run / f"{setting_name(ways, shots)}{suffix}.json"
 
 
 def test_settings(checkpoint: Path) -> tuple[int, str | None]:
@@ -158,36 +163,36 @@ def describes(stored: dict[str, Any] | None, sha: str, settings: tuple[int, str 
     return stored.get("inner_steps") == steps and recorded == optimizer
 
 
-def evaluate_checkpoint(models: Path, algorithm: str, ways: int, shots: int, tasks: int,
+def evaluate_checkpoint(models: Path, run: str, ways: int, shots: int, tasks: int,
                         data_dir: str | None, device: str, transductive: bool = False) -> dict[str, Any]:
     """The stored evaluation when it matches the checkpoint and task count, else a fresh one."""
-    checkpoint = models / algorithm / "model"
+    checkpoint = models / run / "model"
     sha = file_digest(checkpoint.with_suffix(".safetensors"), "sha256")
-    path = evaluation_path(models, algorithm, ways, shots, transductive)
+    path = evaluation_path(models, run, ways, shots, transductive)
     stored = read_json(path)
     if describes(stored, sha, test_settings(checkpoint), tasks, transductive):
         return stored  # type: ignore[return-value]
     argv = ["--checkpoint", str(checkpoint), "--ways", str(ways), "--shots", str(shots), "--tasks", str(tasks),
             "--seed", str(EVAL_SEED), *(["--transductive"] if transductive else [])]
-    shown = [f"models/{algorithm}/model" if a == str(checkpoint) else a for a in argv]
+    shown = [f"models/{run}/model" if a == str(checkpoint) else a for a in argv]
     if data_dir is not None:
         argv += ["--data-dir", data_dir]
     if evaluate.main([*argv, "--device", device, "--json", str(path)]) != 0:
-        raise RuntimeError(f"engine.evaluate failed for {algorithm} {setting_name(ways, shots)}")
+        raise RuntimeError(f"engine.evaluate failed for {run} {setting_name(ways, shots)}")
     result = read_json(path) or {}
     metadata = read_json(checkpoint.with_suffix(".json")) or {}
-    result.update(checkpoint_sha256=sha, meta_step=metadata.get("meta_step"), checkpoint=f"models/{algorithm}/model",
+    result.update(checkpoint_sha256=sha, meta_step=metadata.get("meta_step"), checkpoint=f"models/{run}/model",
                   command="python -m engine.evaluate " + " ".join(shown))
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 
 
-def current_evaluations(models: Path, algorithm: str,
+def current_evaluations(models: Path, run: str,
                         transductive: bool = False) -> dict[tuple[int, int], dict[str, Any]]:
-    """Stored evaluations that still describe the shipped checkpoint (same SHA-256)."""
-    sha = file_digest(models / algorithm / "model.safetensors", "sha256")
-    settings = test_settings(models / algorithm / "model")
-    stored = {(ways, shots): read_json(evaluation_path(models, algorithm, ways, shots, transductive))
+    """Stored evaluations that still describe ``run``'s checkpoint (same SHA-256)."""
+    sha = file_digest(models / run / "model.safetensors", "sha256")
+    settings = test_settings(models / run / "model")
+    stored = {(ways, shots): read_json(evaluation_path(models, run, ways, shots, transductive))
               for ways, shots in SETTINGS}
     return {setting: result for setting, result in stored.items()
             if describes(result, sha, settings, transductive=transductive)}
@@ -331,9 +336,38 @@ def target_verdict(algorithm: str, results: dict[tuple[int, int], dict[str, Any]
     return ", ".join(verdicts)
 
 
+def papers_split_section(models: Path, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
+    """RESULTS.md's table of the runs on the papers' character split, each beside its paper."""
+    present = [run for run in PAPERS_SPLIT_RUNS if (models / run / "model.safetensors").exists()]
+    if not present:
+        return []
+    lines = ["", "## On the papers' split", "",
+             "What our split costs, measured: the same configuration trained and tested on a split like the",
+             "papers' (`--split-scheme characters`: all 1623 characters shuffled with a fixed seed, 1028 to train",
+             "and 172 to validate, which the papers then train on too, and 423 to test, Vinyals et al.'s sizes;",
+             "the test characters' alphabets are seen in training). Cells as above, on 600 tasks from those 423",
+             "test characters; these candidates are not shipped (the app's checkpoints are the ones above).", "",
+             "| run | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |",
+             "|" + "---|" * (len(SETTINGS) + 3)]
+    for run in present:
+        algorithm, results = PAPERS_SPLIT_RUNS[run], evaluations.get(run, {})
+        status = training_status(models / run)
+        steps = "0" if not LEARNERS[algorithm].has_inner_loop else str(next(iter(results.values()), {}).get("inner_steps", "?"))
+        lines.append(f"| **{run}** ({algorithm}, ours) | " + " | ".join(cell(results.get(s)) for s in SETTINGS)
+                     + f" | {steps} | {status['model_step']} / {status['schedule']} |")
+        published = PUBLISHED.get(algorithm)
+        if published is not None:
+            lines.append(f"| {published.source} | " + " | ".join(f"{published.accuracy[s]:.2f}" for s in SETTINGS)
+                         + " | | |")
+    lines.append("")
+    lines.append("Training: `bash models/train.sh RUN`; validation accuracy and time in each run's model.json.")
+    return lines
+
+
 def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]], tasks: int,
                  runs: Sequence[str],
-                 transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None) -> str:
+                 transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None,
+                 papers_split: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None) -> str:
     """RESULTS.md: the evaluated checkpoints beside the papers, then the training state of every run in ``runs``."""
     header = "| algorithm | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |"
     lines = [
@@ -408,6 +442,7 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
                      f"{format_hours(status['seconds'])} ({'; '.join(status['hardware'])}) | {per_step:.2f} s | "
                      f"{finish} | {paper} | {target_time(algorithm, results, status, validation_curve(models / algorithm))} | "
                      f"{curve} |")
+    lines += papers_split_section(models, papers_split or {})
     notes = [f"* **{name}** {text}" for name, text in NOTES.items() if name in runs]
     if notes:
         lines += ["", "Notes:", "", *notes]
@@ -447,8 +482,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results = current_evaluations(models, algorithm, variant)
             if results:
                 table[algorithm] = results
-    (models / "RESULTS.md").write_text(render_table(models, evaluations, args.tasks, runs, transductive),
-                                       encoding="utf-8")
+    papers_split: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
+    for run in PAPERS_SPLIT_RUNS:
+        if not (models / run / "model.safetensors").exists():
+            continue
+        if run in requested or (not args.table_only and args.algorithms is None):
+            papers_split[run] = {(ways, shots): evaluate_checkpoint(models, run, ways, shots, args.tasks,
+                                                                    args.data_dir, args.device)
+                                 for ways, shots in SETTINGS}
+        else:
+            papers_split[run] = current_evaluations(models, run)
+    (models / "RESULTS.md").write_text(render_table(models, evaluations, args.tasks, runs, transductive,
+                                                    papers_split), encoding="utf-8")
     print(f"wrote {models / 'RESULTS.md'}")
     return 0
 

@@ -125,3 +125,27 @@ def test_target_extrapolation_follows_a_power_law_curve() -> None:
     assert f"≈ {steps:,.0f} steps" in text and f"{(steps - 1000) * 3.6 / 3600:.1f} h more" in text, text
     assert results.target_time("fomaml", {(5, 1): {"accuracy": 0.999}}, status, slower) == "met"
     assert "beyond 100x" in results.target_time("fomaml", evaluated, {**status, "schedule": 50}, slower)
+
+
+def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
+    """A run on the papers' character split is shown apart from the shipped rows, beside its paper."""
+    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
+    assert "On the papers' split" not in (tmp_path / "RESULTS.md").read_text()
+    run = tmp_path / "protonet-characters"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "model.json").write_text(json.dumps({"algorithm": "protonet", "meta_step": 10, "val_accuracy": 0.99,
+                                                "train": {"meta_steps": 40, "split_scheme": "characters"},
+                                                "pieces": [], "wall_clock_seconds": 20.0}))
+    stored = {"algorithm": "protonet", "ways": 20, "shots": 1, "tasks": 7, "accuracy": 0.962, "ci95": 0.003,
+              "inner_steps": 0, "optimizer": None, "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}
+    path = results.evaluation_path(tmp_path, "protonet-characters", 20, 1)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(stored))
+    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
+    table = (tmp_path / "RESULTS.md").read_text()
+    section = table[table.index("## On the papers' split"):]
+    assert ("| **protonet-characters** (protonet, ours) | not evaluated | not evaluated | 96.20 ± 0.30 | not evaluated "
+            "| 0 | 10 / 40 |") in section
+    assert "| Prototypical Networks (Snell et al. 2017) | 98.80 | 99.70 | 96.00 | 98.90 |" in section
+    assert "**protonet-characters**" not in table[:table.index("## On the papers' split")]
