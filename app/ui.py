@@ -318,9 +318,12 @@ def render_sidebar(models: dict[str, ModelEntry]) -> tuple[list[str], AdaptSetti
         gradient = [name for name in selected if models[name].has_inner_loop]
         if use_defaults:
             lines = []
+            # The optimizer picked below (a rerun later) can bring its own step size (Adam's 1e-3).
+            picked = st.session_state.get("optimizer")
+            shown = AdaptSettings(optimizer=picked if picked in INNER_OPTIMIZERS else None)
             for name in selected:
                 learner = models[name].learner
-                steps, lr, _ = effective_settings(learner, None) if learner is not None else (None, None, None)
+                steps, lr, _ = effective_settings(learner, shown) if learner is not None else (None, None, None)
                 if steps is None:
                     lines.append(f"{name}: no inner loop")
                 else:

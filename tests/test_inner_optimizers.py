@@ -393,7 +393,10 @@ def test_adapting_a_learner_reduces_support_loss_and_leaves_meta_parameters_alon
     before = {k: v.detach().clone() for k, v in learner.params.items()}
     x, y = blobs(5, 1, seed=0)
     queries, _ = blobs(5, 2, seed=1)
-    adapted = learner.adapt(x, y, 5, AdaptSettings(steps=5, optimizer=name))
+    # Optimizers with a step size of their own (Adam's 1e-3, made for meta-trained weights) get one
+    # on their scale that 5 steps from random weights can show.
+    lr = None if INNER_OPTIMIZERS[name].default_lr is None else 0.05
+    adapted = learner.adapt(x, y, 5, AdaptSettings(steps=5, optimizer=name, lr=lr))
     for key, value in learner.params.items():
         assert torch.equal(value.detach(), before[key]), key
     probs = adapted.predict_proba(queries)
@@ -555,3 +558,22 @@ def test_adam_takes_torch_optim_adams_steps_from_fresh_moments(name: str, beta1:
     tolerance = 1e-7 if create_graph else 1e-12
     for key, value in reference.items():
         torch.testing.assert_close(params[key].detach(), value.detach(), rtol=tolerance, atol=tolerance)
+
+
+def test_an_optimizer_picked_without_a_step_size_brings_its_own() -> None:
+    """Adam named in place of a learner's own optimizer takes its 1e-3, not the learner's
+    gradient-descent step size (0.4 would throw every weight 0.4 a step); an explicit step size
+    still wins, and Meta-SGD's learned rates are rescaled to it."""
+    maml = get_learner_class("maml")(backbone=TINY)
+    assert maml.inner_lr(AdaptSettings(optimizer="adam")) == 1e-3
+    assert maml.inner_lr(AdaptSettings(optimizer="adam", lr=0.05)) == 0.05
+    assert maml.inner_lr(AdaptSettings(optimizer="newton")) == maml.config.inner_lr
+    assert maml.inner_lr(AdaptSettings()) == maml.config.inner_lr
+    x, y = blobs(3, 2, seed=0)
+    implicit = maml.adapt(x, y, 3, AdaptSettings(steps=3, optimizer="adam"))
+    explicit = maml.adapt(x, y, 3, AdaptSettings(steps=3, optimizer="adam", lr=1e-3))
+    assert [record.loss for record in implicit.trace] == [record.loss for record in explicit.trace]
+    metasgd = get_learner_class("metasgd")(backbone=TINY)
+    learned, rescaled = metasgd.inner_lr(), metasgd.inner_lr(AdaptSettings(optimizer="adam"))
+    for name, rate in learned.items():
+        torch.testing.assert_close(rescaled[name], rate * (1e-3 / metasgd.config.inner_lr))

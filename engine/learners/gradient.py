@@ -16,7 +16,7 @@ from torch import Tensor
 from engine import kernels
 from engine.learners.base import AdaptSettings, Adapted, Learner, LearnerConfig, StepRecord, Stopwatch, accuracy
 from engine.nets import Params, classify, zero_head
-from engine.optim import InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
+from engine.optim import INNER_OPTIMIZERS, InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
 
 # Meta-parameters that are not network weights (e.g. Meta-SGD's learning rates) carry this prefix;
 # they shape the inner loop but are not adapted by it.
@@ -90,10 +90,23 @@ class GradientLearner(Learner):
     config: GradientConfig
     config_class = GradientConfig
 
+    def requested_lr(self, settings: AdaptSettings | None) -> float | None:
+        """The step size ``settings`` ask for: theirs, else the default of an inner optimizer they
+        name in place of this learner's own (Adam's 1e-3: this learner's gradient-descent step size
+        would throw it off), else None."""
+        if settings is None:
+            return None
+        if settings.lr is not None:
+            return settings.lr
+        if settings.optimizer is not None and settings.optimizer != self.default_optimizer():
+            return INNER_OPTIMIZERS.lookup(settings.optimizer).default_lr
+        return None
+
     def inner_lr(self, settings: AdaptSettings | None = None) -> LearningRate:
         """Step size of the inner loop (Meta-SGD overrides this with learned per-weight rates)."""
-        if settings is not None and settings.lr is not None:
-            return settings.lr
+        requested = self.requested_lr(settings)
+        if requested is not None:
+            return requested
         if settings is not None and self.config.test_inner_lr is not None:
             return self.config.test_inner_lr
         return self.config.inner_lr

@@ -48,10 +48,11 @@ class MetaSGD(MAML):
         return self.config.inner_steps
 
     def inner_lr(self, settings: AdaptSettings | None = None) -> LearningRate:
-        """The learned rates. An explicit ``settings.lr`` rescales them all by lr / inner_lr, so the
-        app's learning-rate control still means "larger or smaller steps" without discarding what
-        was learned."""
+        """The learned rates. An explicit ``settings.lr`` (or another optimizer's default step size,
+        ``requested_lr``) rescales them all by lr / inner_lr, so the app's learning-rate control
+        still means "larger or smaller steps" without discarding what was learned."""
         scale = 1.0
-        if settings is not None and settings.lr is not None:
-            scale = settings.lr / self.config.inner_lr
+        requested = self.requested_lr(settings)
+        if requested is not None:
+            scale = requested / self.config.inner_lr
         return {k[len(LR_PREFIX):]: v * scale for k, v in self.params.items() if k.startswith(LR_PREFIX)}

@@ -19,10 +19,11 @@ class Adam(InnerOptimizer):
         theta <- theta - alpha * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
     b1 = 0.9, b2 = 0.999, eps = 1e-8. Every weight moves by about alpha a step whatever its
-    gradient's scale, so alpha is much smaller than gradient descent's (1e-3 in the papers).
-    A per-parameter ``lr`` scales each entry's step."""
+    gradient's scale, so alpha is much smaller than gradient descent's: 1e-3 (the papers') unless
+    a step size is given. A per-parameter ``lr`` scales each entry's step."""
 
     name = "adam"
+    default_lr = 1e-3
     beta1: ClassVar[float] = 0.9
     beta2: ClassVar[float] = 0.999
     eps: ClassVar[float] = 1e-8

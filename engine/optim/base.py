@@ -114,6 +114,10 @@ class InnerOptimizer(ABC):
     """
 
     name: ClassVar[str]
+    # The step size to use when this optimizer is picked without one, for optimizers whose step
+    # size lives on another scale than gradient descent's (Adam moves each weight by about it);
+    # None: the learner's own.
+    default_lr: ClassVar[float | None] = None
 
     def __init__(self) -> None:
         self.messages: list[str] = []
