@@ -118,6 +118,12 @@ TARGETS: tuple[Target, ...] = (
            400.0),
     Target("... 5w1s with 2 workers <= 150 ms", "compare_workers.5w1s.gradient+protonet", 150.0),
     Target("... 5w5s with 2 workers <= 400 ms", "compare_workers.5w5s.gradient+protonet", 400.0),
+    # The same set as the app runs it by default (each model's own test-time steps): reported beside
+    # the figures above, which hold every algorithm to 10 steps.
+    Target("... 5w1s, each model's own test-time steps (the app's default) <= 150 ms",
+           "compare.5w1s.gradient+protonet defaults", 150.0),
+    Target("... 5w1s, the app's default steps, 2 workers <= 150 ms",
+           "compare_workers.5w1s.gradient+protonet defaults", 150.0),
     Target("second-order MAML meta-step (32 x 5w1s, 1 query/class) <= 300 ms", "meta.maml (issue).ms", 300.0),
     Target("... with <= 1 GB peak memory (the step's own)", "meta.maml (issue).step_peak_mb", 1024.0),
 )
@@ -221,6 +227,22 @@ def shipped_backbones(models: Path | None, default: BackboneConfig) -> dict[str,
     return backbones
 
 
+def shipped_test_steps(models: Path, learners: dict[str, Learner]) -> dict[str, int | None]:
+    """Per learner, the inner steps its shipped checkpoint in ``models`` adapts with by default (the
+    app's default; None without an inner loop), else the fresh learner's own default."""
+    from engine.checkpoint import build_learner as learner_from_metadata
+    from engine.compare import effective_settings
+
+    steps: dict[str, int | None] = {}
+    for name, learner in learners.items():
+        try:
+            learner = learner_from_metadata(read_metadata(models / name / "model"))
+        except (CheckpointError, OSError, TypeError, KeyError, ValueError):
+            pass  # no readable checkpoint: the fresh learner's default
+        steps[name] = effective_settings(learner, None)[0]
+    return steps
+
+
 def build_learners(backbones: dict[str, BackboneConfig], device: torch.device
                    ) -> tuple[dict[str, Learner], dict[str, str]]:
     """Every registered algorithm on its backbone, freshly initialised; those that cannot be built
@@ -265,30 +287,36 @@ def bench_adaptation(learners: dict[str, Learner], failed: dict[str, str], shape
 
 
 def bench_compare(learners: dict[str, Learner], shapes: Sequence[str], repeats: int, warmup: int,
-                  device: torch.device, workers: int = 1) -> list[dict[str, Any]]:
+                  device: torch.device, own_steps: dict[str, int | None], workers: int = 1) -> list[dict[str, Any]]:
     """``engine.compare.compare`` on one task with ``workers`` at once (the app runs one per core:
     ``workers=2`` on 2 cores with one PyTorch thread each), for every algorithm and, timed in turn
-    with it, for the gradient-based algorithms plus ProtoNet alone (the issue's target set)."""
+    with it, for the gradient-based algorithms plus ProtoNet alone (the issue's target set), each
+    with ``ADAPT_STEPS`` inner steps; and that set once more as the app runs it by default, with
+    ``own_steps`` (each shipped checkpoint's test-time steps, ``subset_defaults``)."""
     from engine.compare import compare
 
     subset = [name for name, learner in learners.items() if learner.has_inner_loop or name == "protonet"]
+    own_settings = {name: AdaptSettings(steps=own_steps.get(name)) for name in subset}
     rows = []
     for shape in shapes:
         task = adaptation_task(shape, device)
         settings = AdaptSettings(steps=ADAPT_STEPS)
 
-        def run(names: Sequence[str]) -> list[Any]:
+        def run(names: Sequence[str], settings: AdaptSettings | dict[str, AdaptSettings] = settings) -> list[Any]:
             # What the app hands over: CPU images; compare moves them to each learner's device.
             return compare({name: learners[name] for name in names}, task.support_x.cpu(), task.support_y.cpu(),
                            task.ways, task.query_x.cpu(), settings, workers=workers)
 
-        times = interleaved({"all": lambda: run(list(learners)), "subset": lambda: run(subset)}, repeats, warmup,
-                            device)
+        times = interleaved({"all": lambda: run(list(learners)), "subset": lambda: run(subset),
+                             "subset_defaults": lambda: run(subset, own_settings)}, repeats, warmup, device)
         errors = {result.name: result.error for result in run(list(learners)) if result.error}
         rows.append({"shape": shape, "workers": workers, "algorithms": list(learners),
                      "all_median_ms": times["all"].median_ms, "all_cpu_ms": times["all"].cpu_ms,
                      "subset": subset, "subset_median_ms": times["subset"].median_ms,
-                     "subset_cpu_ms": times["subset"].cpu_ms, "errors": errors})
+                     "subset_cpu_ms": times["subset"].cpu_ms,
+                     "subset_defaults_median_ms": times["subset_defaults"].median_ms,
+                     "subset_defaults_cpu_ms": times["subset_defaults"].cpu_ms,
+                     "subset_defaults_steps": {name: own_steps.get(name) for name in subset}, "errors": errors})
     return rows
 
 
@@ -547,8 +575,10 @@ def target_values(run: dict[str, Any]) -> dict[str, float | None]:
     for row in run.get("compare", []):
         values[f"compare.{row['shape']}.all"] = row["all_median_ms"]
         values[f"compare.{row['shape']}.gradient+protonet"] = row["subset_median_ms"]
+        values[f"compare.{row['shape']}.gradient+protonet defaults"] = row.get("subset_defaults_median_ms")
     for row in run.get("compare_workers", []):
         values[f"compare_workers.{row['shape']}.gradient+protonet"] = row["subset_median_ms"]
+        values[f"compare_workers.{row['shape']}.gradient+protonet defaults"] = row.get("subset_defaults_median_ms")
     for row in run.get("meta", []):
         for field in ("ms", "step_peak_mb", "peak_mb"):
             if field in row:
@@ -611,6 +641,14 @@ def print_run(run: dict[str, Any], shapes: Sequence[str]) -> None:
             print(f"| all {count} on one task, {workers} workers (compare(workers={workers})) | "
                   f"{cells(worker_rows, 'all')} |")
             print(f"| **gradient-based + protonet, {workers} workers** | {cells(worker_rows, 'subset')} |")
+        if "subset_defaults_median_ms" in run["compare"][0]:
+            steps = run["compare"][0]["subset_defaults_steps"]
+            fewer = ", ".join(f"{name} {count}" for name, count in steps.items()
+                              if count is not None and count != ADAPT_STEPS)
+            print(f"| gradient-based + protonet, each model's own test-time steps (the app's default; "
+                  f"{fewer or 'all ' + str(ADAPT_STEPS)}) | {cells(compare_rows, 'subset_defaults')} |")
+            if worker_rows:
+                print(f"| ... with {workers} workers | {cells(worker_rows, 'subset_defaults')} |")
     print("\nMeta-training step (zero_grad + meta_loss + backward + optimizer step; median ms, peak memory)\n")
     print("| algorithm | batch | step (CPU) | peak RSS | step's own peak |")
     print("|---|---|---:|---:|---:|")
@@ -657,11 +695,12 @@ def run_all(args: argparse.Namespace, threads: int, device: torch.device, backbo
     run["adaptation"] = bench_adaptation(learners, failed, shapes, args.repeats, args.warmup, device)
     print(f"[{threads} thread(s)] all algorithms on one task...", file=sys.stderr, flush=True)
     compare_shapes = [s for s in shapes if s in ("5w1s", "5w5s")]
-    run["compare"] = bench_compare(learners, compare_shapes, args.repeats, args.warmup, device)
+    own_steps = shipped_test_steps(args.models, learners)
+    run["compare"] = bench_compare(learners, compare_shapes, args.repeats, args.warmup, device, own_steps)
     if threads == 1 and (os.cpu_count() or 1) > 1 and device.type == "cpu":
         # Two learners at a time, one PyTorch thread each (engine.compare's workers).
         run["compare_workers"] = bench_compare(learners, compare_shapes, args.repeats, args.warmup, device,
-                                               workers=2)
+                                               own_steps, workers=2)
     print(f"[{threads} thread(s)] meta-training...", file=sys.stderr, flush=True)
     run["meta"] = bench_meta(META_SPECS, backbones, max(3, args.repeats // 2), args.warmup, device, memory, threads)
     if not args.skip_peers:

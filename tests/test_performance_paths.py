@@ -328,6 +328,10 @@ def test_benchmark_smoke_run_covers_every_registered_algorithm(tmp_path: Path) -
     # The target set is timed on its own: the gradient-based algorithms and ProtoNet.
     assert set(compared["subset"]) == {name for name in LEARNERS if LEARNERS[name].has_inner_loop} | {"protonet"}
     assert 0 < compared["subset_median_ms"] and 0 < compared["all_median_ms"]
+    # ... and as the app runs it by default: each shipped checkpoint's own test-time steps.
+    assert 0 < compared["subset_defaults_median_ms"]
+    assert compared["subset_defaults_steps"]["metasgd"] == 1 and compared["subset_defaults_steps"]["maml"] == 10
+    assert compared["subset_defaults_steps"]["protonet"] is None
     assert run["compare"][0]["algorithms"] and [check["target"] for check in run["targets"]] == [
         target.description for target in TARGETS]
     assert {row["label"] for row in run["meta"]} >= {"maml (issue)", "fomaml", "reptile", "protonet"}
@@ -353,6 +357,20 @@ def test_benchmark_times_each_algorithm_on_its_shipped_backbone(tmp_path: Path) 
     assert shipped_backbones(None, default) == dict.fromkeys(LEARNERS, default)
     learners, failed = build_learners(backbones, torch.device("cpu"))
     assert learners["protonet"].backbone.downsample == "maxpool" and not failed
+
+
+def test_the_apps_default_steps_come_from_the_shipped_checkpoints(tmp_path: Path) -> None:
+    from engine.bench import build_learners, shipped_test_steps
+
+    learners, _ = build_learners(dict.fromkeys(LEARNERS, BackboneConfig(channels=4)), torch.device("cpu"))
+    (tmp_path / "maml").mkdir()
+    (tmp_path / "maml" / "model.json").write_text(json.dumps(
+        {"algorithm": "maml", "config": {"inner_steps": 2, "test_inner_steps": 3}}))
+    (tmp_path / "mc1").mkdir()
+    (tmp_path / "mc1" / "model.json").write_text("{not json")  # unreadable: the fresh learner's default
+    steps = shipped_test_steps(tmp_path, learners)
+    assert steps["maml"] == 3 and steps["mc1"] == learners["mc1"].default_test_steps()
+    assert steps["protonet"] is None and set(steps) == set(learners)
 
 
 def test_meta_step_specs_describe_the_configurations() -> None:
