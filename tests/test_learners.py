@@ -55,6 +55,14 @@ def meta_gradient(learner: Learner, batch: list[Task]) -> dict[str, torch.Tensor
     return {k: v.grad.detach().clone() for k, v in learner.params.items()}
 
 
+def take_meta_step(learner: Learner, batch: list[Task]) -> None:
+    """One step of the learner's own meta-optimizer on ``batch``."""
+    optimizer = learner.meta_optimizer()
+    optimizer.zero_grad()
+    learner.meta_loss(batch).loss.backward()
+    optimizer.step()
+
+
 def all_learners() -> list[str]:
     return sorted(LEARNERS)
 
@@ -136,10 +144,7 @@ def test_reptile_update_is_interpolation_toward_adapted_weights(inner_shots: int
             fast = {k: (v - 0.1 * gi).detach().requires_grad_(True) for (k, v), gi in zip(fast.items(), g)}
         for k in adapted_mean:
             adapted_mean[k] += fast[k].detach() / len(batch)
-    optimizer = learner.meta_optimizer()
-    optimizer.zero_grad()
-    learner.meta_loss(batch).loss.backward()
-    optimizer.step()
+    take_meta_step(learner, batch)
     for k, value in learner.params.items():
         torch.testing.assert_close(value.detach(), theta[k] + epsilon * (adapted_mean[k] - theta[k]))
 
@@ -306,9 +311,6 @@ def test_reptile_with_adam_starts_each_tasks_inner_loop_from_fresh_moments() -> 
             reference.step()
         for k in adapted_mean:
             adapted_mean[k] += fast[k].detach() / len(batch)
-    optimizer = learner.meta_optimizer()
-    optimizer.zero_grad()
-    learner.meta_loss(batch).loss.backward()
-    optimizer.step()
+    take_meta_step(learner, batch)
     for k, value in learner.params.items():
         torch.testing.assert_close(value.detach(), adapted_mean[k])
