@@ -116,7 +116,7 @@ TRANSDUCTIVE_ROWS = {"maml", "fomaml", "reptile"}
 MUST_MATCH = {"maml", "protonet"}
 # Runs trained and tested on the papers' character split (models/train.sh), shown in a table of
 # their own beside the published figures: run folder -> algorithm.
-PAPERS_SPLIT_RUNS = {"protonet-characters": "protonet"}
+PAPERS_SPLIT_RUNS = {"protonet-characters": "protonet", "maml-characters": "maml"}
 
 
 def setting_name(ways: int, shots: int) -> str:

@@ -12,6 +12,8 @@ python=${PYTHON:-.venv/bin/python}
 # Validation: 200 fixed 5-way 1-shot tasks from the held-out background alphabets (model selection only).
 val=(--val-tasks 200)
 protonet=(--ways 60 --shots 1 --queries 5 --meta-batch 1 --meta-steps 20000 --meta-lr-final 0.0001 --val-every 500)
+maml=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 20000 --inner-steps 2 --inner-lr 0.4
+      --meta-lr-final 0.0001 --val-every 250)
 # The paper's Omniglot schedule: 5 tasks a meta-step drawn with 10 shots, meta step size 1 -> 0, each of the
 # 5 inner steps on a minibatch of 10 images (2 per class).
 reptile=(--ways 5 --shots 10 --queries 1 --meta-batch 5 --inner-steps 5 --inner-lr 0.4 --inner-shots 2)
@@ -22,8 +24,9 @@ case "$run" in
   # 1028 train, 172 validation, 423 test), to measure what our unseen-alphabet split costs.
   protonet-characters) algorithm=protonet; args=("${protonet[@]}" --downsample maxpool --split-scheme characters
                   "${val[@]}") ;;
-  maml)     args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 20000 --inner-steps 2 --inner-lr 0.4
-                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
+  maml)     args=("${maml[@]}" "${val[@]}") ;;
+  # Candidate, not shipped: MAML on the papers' character split, like protonet-characters.
+  maml-characters) algorithm=maml; args=("${maml[@]}" --split-scheme characters "${val[@]}") ;;
   fomaml)   args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 3 --inner-lr 0.4
                   --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
   metasgd)  args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 1 --inner-lr 0.4
