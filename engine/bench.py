@@ -641,14 +641,13 @@ def print_run(run: dict[str, Any], shapes: Sequence[str]) -> None:
             print(f"| all {count} on one task, {workers} workers (compare(workers={workers})) | "
                   f"{cells(worker_rows, 'all')} |")
             print(f"| **gradient-based + protonet, {workers} workers** | {cells(worker_rows, 'subset')} |")
-        if "subset_defaults_median_ms" in run["compare"][0]:
-            steps = run["compare"][0]["subset_defaults_steps"]
-            fewer = ", ".join(f"{name} {count}" for name, count in steps.items()
-                              if count is not None and count != ADAPT_STEPS)
-            print(f"| gradient-based + protonet, each model's own test-time steps (the app's default; "
-                  f"{fewer or 'all ' + str(ADAPT_STEPS)}) | {cells(compare_rows, 'subset_defaults')} |")
-            if worker_rows:
-                print(f"| ... with {workers} workers | {cells(worker_rows, 'subset_defaults')} |")
+        steps = run["compare"][0]["subset_defaults_steps"]
+        fewer = ", ".join(f"{name} {count}" for name, count in steps.items()
+                          if count is not None and count != ADAPT_STEPS)
+        print(f"| gradient-based + protonet, each model's own test-time steps (the app's default; "
+              f"{fewer or 'all ' + str(ADAPT_STEPS)}) | {cells(compare_rows, 'subset_defaults')} |")
+        if worker_rows:
+            print(f"| ... with {workers} workers | {cells(worker_rows, 'subset_defaults')} |")
     print("\nMeta-training step (zero_grad + meta_loss + backward + optimizer step; median ms, peak memory)\n")
     print("| algorithm | batch | step (CPU) | peak RSS | step's own peak |")
     print("|---|---|---:|---:|---:|")

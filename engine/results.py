@@ -338,10 +338,32 @@ def target_verdict(algorithm: str, results: dict[tuple[int, int], dict[str, Any]
     return ", ".join(verdicts)
 
 
+def test_steps_cell(algorithm: str, results: dict[tuple[int, int], dict[str, Any]]) -> str:
+    """The inner steps (and optimizer, unless sgd) the evaluations ran with: "0" without an inner
+    loop, "?" before any evaluation."""
+    if not LEARNERS[algorithm].has_inner_loop:
+        return "0"
+    first = next(iter(results.values()), None)
+    if first is None:
+        return "?"
+    steps = str(first["inner_steps"])
+    if first.get("optimizer") not in (None, "sgd"):
+        steps += f" ({first['optimizer']})"
+    return steps
+
+
+def published_rows(algorithm: str) -> list[str]:
+    """The paper's figures as a table row, if it has any."""
+    published = PUBLISHED.get(algorithm)
+    if published is None:
+        return []
+    return [f"| {published.source} | " + " | ".join(f"{published.accuracy[s]:.2f}" for s in SETTINGS) + " | | |"]
+
+
 def papers_split_section(models: Path, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
-    """RESULTS.md's table of the runs on the papers' character split, each beside its paper."""
-    present = [run for run in PAPERS_SPLIT_RUNS if (models / run / "model.safetensors").exists()]
-    if not present:
+    """RESULTS.md's table of the runs on the papers' character split (``evaluations``' keys, with
+    whatever evaluations they have), each beside its paper."""
+    if not evaluations:
         return []
     lines = ["", "## On the papers' split", "",
              "What our split costs, measured: the same configuration trained and tested on a split like the",
@@ -351,16 +373,12 @@ def papers_split_section(models: Path, evaluations: dict[str, dict[tuple[int, in
              "test characters; these candidates are not shipped (the app's checkpoints are the ones above).", "",
              "| run | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |",
              "|" + "---|" * (len(SETTINGS) + 3)]
-    for run in present:
-        algorithm, results = PAPERS_SPLIT_RUNS[run], evaluations.get(run, {})
+    for run, results in evaluations.items():
+        algorithm = PAPERS_SPLIT_RUNS[run]
         status = training_status(models / run)
-        steps = "0" if not LEARNERS[algorithm].has_inner_loop else str(next(iter(results.values()), {}).get("inner_steps", "?"))
         lines.append(f"| **{run}** ({algorithm}, ours) | " + " | ".join(cell(results.get(s)) for s in SETTINGS)
-                     + f" | {steps} | {status['model_step']} / {status['schedule']} |")
-        published = PUBLISHED.get(algorithm)
-        if published is not None:
-            lines.append(f"| {published.source} | " + " | ".join(f"{published.accuracy[s]:.2f}" for s in SETTINGS)
-                         + " | | |")
+                     + f" | {test_steps_cell(algorithm, results)} | {status['model_step']} / {status['schedule']} |")
+        lines += published_rows(algorithm)
     lines.append("")
     lines.append("Training: `bash models/train.sh RUN`; validation accuracy and time in each run's model.json.")
     return lines
@@ -401,20 +419,14 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
     ]
     for algorithm, results in evaluations.items():
         status = training_status(models / algorithm)
-        first = next(iter(results.values())) if results else None
-        steps = "0" if not LEARNERS[algorithm].has_inner_loop else "?" if first is None else str(first["inner_steps"])
-        if first is not None and first.get("optimizer") not in (None, "sgd"):
-            steps += f" ({first['optimizer']})"
+        steps = test_steps_cell(algorithm, results)
         lines.append(f"| **{algorithm}** (ours) | " + " | ".join(cell(results.get(s)) for s in SETTINGS)
                      + f" | {steps} | {status['model_step']} / {status['schedule']} |")
         if transductive and algorithm in transductive:
             lines.append(f"| {algorithm} (ours), transductive batch norm | "
                          + " | ".join(cell(transductive[algorithm].get(s)) for s in SETTINGS)
                          + f" | {steps} | {status['model_step']} / {status['schedule']} |")
-        published = PUBLISHED.get(algorithm)
-        if published is not None:
-            lines.append(f"| {published.source} | " + " | ".join(f"{published.accuracy[s]:.2f}" for s in SETTINGS)
-                         + " | | |")
+        lines += published_rows(algorithm)
     lines += ["", "## Targets and training budget", "",
               "Every shipped run; validation accuracy is on 200 fixed 5-way 1-shot tasks from the held-out",
               "background alphabets (model selection only). Runs not evaluated above are still training.", "",
@@ -470,32 +482,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models: Path = args.models
     runs = shipped_algorithms(models)
-    requested = [] if args.table_only else (args.algorithms or runs)
+    papers_split_runs = [run for run in PAPERS_SPLIT_RUNS if (models / run / "model.safetensors").exists()]
+    requested = [] if args.table_only else (args.algorithms or runs + papers_split_runs)
     evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
     transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
+
+    def results_of(run: str, transductive: bool = False) -> dict[tuple[int, int], dict[str, Any]]:
+        if run in requested:
+            return {(ways, shots): evaluate_checkpoint(models, run, ways, shots, args.tasks, args.data_dir,
+                                                       args.device, transductive) for ways, shots in SETTINGS}
+        return current_evaluations(models, run, transductive)
+
     for algorithm in runs:
         draw_curve(models / algorithm, algorithm, models / algorithm / "curve.png")
         for variant, table in ((False, evaluations), (True, transductive)):
             if variant and algorithm not in TRANSDUCTIVE_ROWS:
                 continue
-            if algorithm in requested:
-                results = {(ways, shots): evaluate_checkpoint(models, algorithm, ways, shots, args.tasks,
-                                                              args.data_dir, args.device, variant)
-                           for ways, shots in SETTINGS}
-            else:
-                results = current_evaluations(models, algorithm, variant)
+            results = results_of(algorithm, variant)
             if results:
                 table[algorithm] = results
-    papers_split: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
-    for run in PAPERS_SPLIT_RUNS:
-        if not (models / run / "model.safetensors").exists():
-            continue
-        if run in requested or (not args.table_only and args.algorithms is None):
-            papers_split[run] = {(ways, shots): evaluate_checkpoint(models, run, ways, shots, args.tasks,
-                                                                    args.data_dir, args.device)
-                                 for ways, shots in SETTINGS}
-        else:
-            papers_split[run] = current_evaluations(models, run)
+    papers_split = {run: results_of(run) for run in papers_split_runs}
     (models / "RESULTS.md").write_text(render_table(models, evaluations, args.tasks, runs, transductive,
                                                     papers_split), encoding="utf-8")
     print(f"wrote {models / 'RESULTS.md'}")
