@@ -286,6 +286,11 @@ def bench_adaptation(learners: dict[str, Learner], failed: dict[str, str], shape
     return list(rows.values())
 
 
+def target_set(learners: dict[str, Learner]) -> list[str]:
+    """The issue's target set: the gradient-based algorithms (those with an inner loop) plus ProtoNet."""
+    return [name for name, learner in learners.items() if learner.has_inner_loop or name == "protonet"]
+
+
 def bench_compare(learners: dict[str, Learner], shapes: Sequence[str], repeats: int, warmup: int,
                   device: torch.device, own_steps: dict[str, int | None], workers: int = 1) -> list[dict[str, Any]]:
     """``engine.compare.compare`` on one task with ``workers`` at once (the app runs one per core:
@@ -295,7 +300,7 @@ def bench_compare(learners: dict[str, Learner], shapes: Sequence[str], repeats: 
     ``own_steps`` (each shipped checkpoint's test-time steps, ``subset_defaults``)."""
     from engine.compare import compare
 
-    subset = [name for name, learner in learners.items() if learner.has_inner_loop or name == "protonet"]
+    subset = target_set(learners)
     own_settings = {name: AdaptSettings(steps=own_steps.get(name)) for name in subset}
     rows = []
     for shape in shapes:

@@ -418,3 +418,19 @@ def test_keep_freed_memory_reuses_freed_activations_without_page_faults() -> Non
     # Default glibc hands the freed blocks back to the kernel (munmap or trimming), so each cycle
     # faults its pages in again: 10k-20k faults here against 1.5k-2.5k kept.
     assert kept * 4 < default, (kept, default)
+
+
+def test_the_floor_benchmark_splits_convolution_time_from_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.bench_floor import main, profiled_ms
+
+    x, weight = torch.randn(5, 8, 14, 14), torch.randn(8, 8, 3, 3)
+    conv, other = profiled_ms(lambda: F.conv2d(x, weight, padding=1), repeats=3)
+    assert conv > 0 and other < conv
+    conv, other = profiled_ms(lambda: x.flatten(1) @ x.flatten(1).t(), repeats=3)
+    assert conv == 0 and other > 0
+    assert main(["--repeats", "1", "--channels", "4"]) == 0
+    rows = {line.split(" | ")[0].strip("| *"): line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")}
+    assert set(LEARNERS) <= set(rows) and any(name.startswith("target set") for name in rows)
+    wall, conv_ms, other_ms = (float(cell) for cell in rows["maml"].strip("| ").split(" | ")[1:])
+    assert wall > 0 and conv_ms > 0 and other_ms > 0
