@@ -28,6 +28,7 @@ from engine import evaluate
 from engine.checkpoint import build_learner, read_metadata
 from engine.compare import effective_settings
 from engine.data.download import file_digest
+from engine.data.omniglot import VALIDATION_SOURCES
 from engine.learners import LEARNERS, AdaptSettings
 from engine.paths import REPO_ROOT
 
@@ -243,7 +244,8 @@ def draw_curve(run: Path, algorithm: str, out: Path) -> bool:
                          label="published 5w1s (evaluation split)")
     if published is not None:
         by_step.legend(loc="lower right", fontsize=8)
-    figure.suptitle(f"{algorithm}: validation accuracy on held-out background alphabets")
+    scheme = ((read_json(run / "model.json") or {}).get("train") or {}).get("split_scheme", "alphabets")
+    figure.suptitle(f"{run.name}: validation accuracy on {VALIDATION_SOURCES.get(scheme, scheme)}")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=90)
@@ -376,7 +378,8 @@ def papers_split_section(models: Path, evaluations: dict[str, dict[tuple[int, in
     for run, results in evaluations.items():
         algorithm = PAPERS_SPLIT_RUNS[run]
         status = training_status(models / run)
-        lines.append(f"| **{run}** ({algorithm}, ours) | " + " | ".join(cell(results.get(s)) for s in SETTINGS)
+        curve = f"; [curve]({run}/curve.png)" if (models / run / "curve.png").exists() else ""
+        lines.append(f"| **{run}** ({algorithm}, ours{curve}) | " + " | ".join(cell(results.get(s)) for s in SETTINGS)
                      + f" | {test_steps_cell(algorithm, results)} | {status['model_step']} / {status['schedule']} |")
         lines += published_rows(algorithm)
     lines.append("")
@@ -501,6 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = results_of(algorithm, variant)
             if results:
                 table[algorithm] = results
+    for run in papers_split_runs:
+        draw_curve(models / run, PAPERS_SPLIT_RUNS[run], models / run / "curve.png")
     papers_split = {run: results_of(run) for run in papers_split_runs}
     (models / "RESULTS.md").write_text(render_table(models, evaluations, args.tasks, runs, transductive,
                                                     papers_split), encoding="utf-8")

@@ -5,7 +5,8 @@
 
 Writes into ``--out``: ``model.*`` (best validation accuracy: the checkpoint to ship), ``last.*``
 and ``resume.*`` (latest state, for ``--resume``), and ``curve.jsonl`` (the learning curve).
-Validation uses a fixed set of tasks from the held-out background alphabets, never the evaluation split.
+Validation uses a fixed set of tasks from the validation split (the held-out background alphabets, or the
+character split's validation characters), never the test split.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from engine.checkpoint import (
     CheckpointError, load_learner, load_tensors, read_json, read_metadata, save_learner, save_tensors, write_json,
 )
-from engine.data.omniglot import DatasetNotFoundError, Splits, load_splits
+from engine.data.omniglot import VALIDATION_SOURCES, DatasetNotFoundError, Splits, load_splits
 from engine.data.tasks import fixed_tasks
 from engine.device import describe_device, keep_freed_memory, resolve_device
 from engine.evaluate import score, task_accuracies
@@ -153,7 +154,7 @@ class Trainer:
     def metadata(self) -> dict[str, Any]:
         return {"train": dataclasses.asdict(self.config), "meta_step": self.step, "val_accuracy": self.best_val,
                 "val_setting": f"{self.config.val_ways}-way {self.config.val_shots}-shot, {self.config.val_tasks} "
-                               "tasks from the held-out background alphabets",
+                               f"tasks from {VALIDATION_SOURCES[self.config.split_scheme]}",
                 "wall_clock_seconds": round(self.train_seconds, 1), "pieces": self.pieces, **self.provenance}
 
     def save_state(self) -> None:

@@ -147,5 +147,12 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
     section = table[table.index("## On the papers' split"):]
     assert ("| **protonet-characters** (protonet, ours) | not evaluated | not evaluated | 96.20 ± 0.30 | not evaluated "
             "| 0 | 10 / 40 |") in section
+    # With a learning curve, the run gets its figure, linked from its row.
+    (run / "curve.jsonl").write_text("\n".join(json.dumps({"step": step, "seconds": step, "val_accuracy": 0.9})
+                                               for step in (5, 10)))
+    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
+    assert (run / "curve.png").stat().st_size > 0
+    assert "| **protonet-characters** (protonet, ours; [curve](protonet-characters/curve.png)) |" in (
+        tmp_path / "RESULTS.md").read_text()
     assert "| Prototypical Networks (Snell et al. 2017) | 98.80 | 99.70 | 96.00 | 98.90 |" in section
     assert "**protonet-characters**" not in table[:table.index("## On the papers' split")]

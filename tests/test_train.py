@@ -186,6 +186,7 @@ def test_the_split_scheme_is_the_runs_own_through_resume_and_evaluation(tmp_path
     run_train(*common, "--meta-steps", "4", "--resume", data_dir=omniglot_dir)
     assert schemes == ["characters", "characters"]
     assert read_metadata(out / "model")["train"]["split_scheme"] == "characters"
+    assert read_metadata(out / "model")["val_setting"].endswith("from the character split's 172 validation characters")
 
     drawn_from: list[tuple[str, ...]] = []
     real_stream = evaluate.task_stream

@@ -57,6 +57,12 @@ CHARACTER_SPLIT_SIZES = (1028, 172, 423)
 also ProtoNet's; MAML's and Reptile's code trains on the first two together (1200) and tests on 423."""
 CHARACTER_SPLIT_SEED = 0
 
+VALIDATION_SOURCES: dict[str, str] = {
+    "alphabets": "the held-out background alphabets",
+    "characters": f"the character split's {CHARACTER_SPLIT_SIZES[1]} validation characters",
+}
+"""Where each scheme's validation (model selection) tasks come from, in words."""
+
 DOWNLOAD_HINT = "python -m engine.data download --dest DIR"
 
 
