@@ -115,9 +115,9 @@ TOLERANCE = {(5, 1): 1.0, (20, 1): 2.0}
 TRANSDUCTIVE_ROWS = {"maml", "fomaml", "reptile"}
 # These must meet or beat their papers.
 MUST_MATCH = {"maml", "protonet"}
-# Runs trained and tested on the papers' character split (models/train.sh), shown in a table of
-# their own beside the published figures: run folder -> algorithm.
-PAPERS_SPLIT_RUNS = {"protonet-characters": "protonet", "maml-characters": "maml"}
+# Runs trained and tested on the papers' character split (`bash models/train.sh ALGORITHM-characters`)
+# are shown in a table of their own beside the published figures.
+PAPERS_SPLIT_SUFFIX = "-characters"
 
 
 def setting_name(ways: int, shots: int) -> str:
@@ -129,6 +129,16 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def papers_split_runs(models: Path) -> dict[str, str]:
+    """Run folder -> algorithm of every run on the papers' split with a checkpoint (``<algorithm>-characters``)."""
+    runs = {}
+    for algorithm in LEARNERS:  # registry order, as the shipped rows
+        run = algorithm + PAPERS_SPLIT_SUFFIX
+        if (models / run / "model.safetensors").exists():
+            runs[run] = algorithm
+    return runs
 
 
 def shipped_algorithms(models: Path) -> list[str]:
@@ -376,7 +386,7 @@ def papers_split_section(models: Path, evaluations: dict[str, dict[tuple[int, in
              "| run | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |",
              "|" + "---|" * (len(SETTINGS) + 3)]
     for run, results in evaluations.items():
-        algorithm = PAPERS_SPLIT_RUNS[run]
+        algorithm = run.removesuffix(PAPERS_SPLIT_SUFFIX)
         status = training_status(models / run)
         curve = f"; [curve]({run}/curve.png)" if (models / run / "curve.png").exists() else ""
         lines.append(f"| **{run}** ({algorithm}, ours{curve}) | " + " | ".join(cell(results.get(s)) for s in SETTINGS)
@@ -485,8 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models: Path = args.models
     runs = shipped_algorithms(models)
-    papers_split_runs = [run for run in PAPERS_SPLIT_RUNS if (models / run / "model.safetensors").exists()]
-    requested = [] if args.table_only else (args.algorithms or runs + papers_split_runs)
+    papers_split = papers_split_runs(models)
+    requested = [] if args.table_only else (args.algorithms or runs + list(papers_split))
     evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
     transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
 
@@ -504,11 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = results_of(algorithm, variant)
             if results:
                 table[algorithm] = results
-    for run in papers_split_runs:
-        draw_curve(models / run, PAPERS_SPLIT_RUNS[run], models / run / "curve.png")
-    papers_split = {run: results_of(run) for run in papers_split_runs}
+    for run, algorithm in papers_split.items():
+        draw_curve(models / run, algorithm, models / run / "curve.png")
+    papers_split_results = {run: results_of(run) for run in papers_split}
     (models / "RESULTS.md").write_text(render_table(models, evaluations, args.tasks, runs, transductive,
-                                                    papers_split), encoding="utf-8")
+                                                    papers_split_results), encoding="utf-8")
     print(f"wrote {models / 'RESULTS.md'}")
     return 0
 

@@ -7,9 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:?usage: models/train.sh ALGORITHM}  # or a candidate run's name (below)
-algorithm=$run
+# Candidates, not shipped: ALGORITHM-characters is ALGORITHM's configuration on the papers' split (random
+# characters of all 50 alphabets: 1028 train, 172 validation, 423 test), to measure what our
+# unseen-alphabet split costs (models/RESULTS.md's last table).
+config=${run%-characters}
+split=()
+[ "$config" != "$run" ] && split=(--split-scheme characters)
+algorithm=$config
 python=${PYTHON:-.venv/bin/python}
-# Validation: 200 fixed 5-way 1-shot tasks from the held-out background alphabets (model selection only).
+# Validation: 200 fixed 5-way 1-shot tasks from the validation split (model selection only).
 val=(--val-tasks 200)
 protonet=(--ways 60 --shots 1 --queries 5 --meta-batch 1 --meta-steps 20000 --meta-lr-final 0.0001 --val-every 500)
 maml=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 20000 --inner-steps 2 --inner-lr 0.4
@@ -17,16 +23,10 @@ maml=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 20000 --inner-
 # The paper's Omniglot schedule: 5 tasks a meta-step drawn with 10 shots, meta step size 1 -> 0, each of the
 # 5 inner steps on a minibatch of 10 images (2 per class).
 reptile=(--ways 5 --shots 10 --queries 1 --meta-batch 5 --inner-steps 5 --inner-lr 0.4 --inner-shots 2)
-case "$run" in
+case "$config" in
   # The paper's max-pooling Conv-4 (models/RESULTS.md's protonet note): adapting is one forward pass.
   protonet) args=("${protonet[@]}" --downsample maxpool "${val[@]}") ;;
-  # Candidate, not shipped: the same on the papers' split (random characters of all 50 alphabets:
-  # 1028 train, 172 validation, 423 test), to measure what our unseen-alphabet split costs.
-  protonet-characters) algorithm=protonet; args=("${protonet[@]}" --downsample maxpool --split-scheme characters
-                  "${val[@]}") ;;
   maml)     args=("${maml[@]}" "${val[@]}") ;;
-  # Candidate, not shipped: MAML on the papers' character split, like protonet-characters.
-  maml-characters) algorithm=maml; args=("${maml[@]}" --split-scheme characters "${val[@]}") ;;
   fomaml)   args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 3 --inner-lr 0.4
                   --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
   metasgd)  args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 1 --inner-lr 0.4
@@ -58,4 +58,5 @@ case "$run" in
 esac
 resume=()
 [ -f "models/$run/resume.json" ] && resume=(--resume)
-exec "$python" -m engine.train --algorithm "$algorithm" --out "models/$run" "${args[@]}" "${resume[@]}" --no-progress ${EXTRA:-}
+exec "$python" -m engine.train --algorithm "$algorithm" --out "models/$run" "${args[@]}" "${split[@]}" "${resume[@]}" \
+  --no-progress ${EXTRA:-}
