@@ -364,6 +364,18 @@ def test_steps_cell(algorithm: str, results: dict[tuple[int, int], dict[str, Any
     return steps
 
 
+def our_rows(name: str, suffix: str, algorithm: str, status: dict[str, Any],
+             results: dict[tuple[int, int], dict[str, Any]],
+             transductive: dict[tuple[int, int], dict[str, Any]] | None = None) -> list[str]:
+    """A run's row (first cell ``**name** suffix``), and its transductive row when evaluated that way."""
+    tail = f" | {test_steps_cell(algorithm, results)} | {status['model_step']} / {status['schedule']} |"
+    rows = [f"| **{name}** {suffix} | " + " | ".join(cell(results.get(s)) for s in SETTINGS) + tail]
+    if transductive:
+        rows.append(f"| {name} {suffix}, transductive batch norm | "
+                    + " | ".join(cell(transductive.get(s)) for s in SETTINGS) + tail)
+    return rows
+
+
 def published_rows(algorithm: str) -> list[str]:
     """The paper's figures as a table row, if it has any."""
     published = PUBLISHED.get(algorithm)
@@ -372,9 +384,10 @@ def published_rows(algorithm: str) -> list[str]:
     return [f"| {published.source} | " + " | ".join(f"{published.accuracy[s]:.2f}" for s in SETTINGS) + " | | |"]
 
 
-def papers_split_section(models: Path, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
+def papers_split_section(models: Path, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
+                         transductive: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
     """RESULTS.md's table of the runs on the papers' character split (``evaluations``' keys, with
-    whatever evaluations they have), each beside its paper."""
+    whatever evaluations they have, and ``transductive`` ones where made), each beside its paper."""
     if not evaluations:
         return []
     lines = ["", "## On the papers' split", "",
@@ -382,15 +395,15 @@ def papers_split_section(models: Path, evaluations: dict[str, dict[tuple[int, in
              "papers' (`--split-scheme characters`: all 1623 characters shuffled with a fixed seed, 1028 to train",
              "and 172 to validate, which the papers then train on too, and 423 to test, Vinyals et al.'s sizes;",
              "the test characters' alphabets are seen in training). Cells as above, on 600 tasks from those 423",
-             "test characters; these candidates are not shipped (the app's checkpoints are the ones above).", "",
+             "test characters, and a transductive row where the main table has one; these candidates are not",
+             "shipped (the app's checkpoints are the ones above).", "",
              "| run | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |",
              "|" + "---|" * (len(SETTINGS) + 3)]
     for run, results in evaluations.items():
         algorithm = run.removesuffix(PAPERS_SPLIT_SUFFIX)
-        status = training_status(models / run)
         curve = f"; [curve]({run}/curve.png)" if (models / run / "curve.png").exists() else ""
-        lines.append(f"| **{run}** ({algorithm}, ours{curve}) | " + " | ".join(cell(results.get(s)) for s in SETTINGS)
-                     + f" | {test_steps_cell(algorithm, results)} | {status['model_step']} / {status['schedule']} |")
+        lines += our_rows(run, f"({algorithm}, ours{curve})", algorithm, training_status(models / run), results,
+                          transductive.get(run))
         lines += published_rows(algorithm)
     lines.append("")
     lines.append("Training: `bash models/train.sh RUN`; validation accuracy and time in each run's model.json.")
@@ -401,7 +414,9 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
                  runs: Sequence[str],
                  transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None,
                  papers_split: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None) -> str:
-    """RESULTS.md: the evaluated checkpoints beside the papers, then the training state of every run in ``runs``."""
+    """RESULTS.md: the evaluated checkpoints beside the papers, then the training state of every run in
+    ``runs``, then the runs on the papers' split (``papers_split``). ``transductive`` holds the
+    transductive evaluations of both, by run folder."""
     header = "| algorithm | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |"
     lines = [
         "# Results",
@@ -431,14 +446,8 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
         "|" + "---|" * (len(SETTINGS) + 3),
     ]
     for algorithm, results in evaluations.items():
-        status = training_status(models / algorithm)
-        steps = test_steps_cell(algorithm, results)
-        lines.append(f"| **{algorithm}** (ours) | " + " | ".join(cell(results.get(s)) for s in SETTINGS)
-                     + f" | {steps} | {status['model_step']} / {status['schedule']} |")
-        if transductive and algorithm in transductive:
-            lines.append(f"| {algorithm} (ours), transductive batch norm | "
-                         + " | ".join(cell(transductive[algorithm].get(s)) for s in SETTINGS)
-                         + f" | {steps} | {status['model_step']} / {status['schedule']} |")
+        lines += our_rows(algorithm, "(ours)", algorithm, training_status(models / algorithm), results,
+                          (transductive or {}).get(algorithm))
         lines += published_rows(algorithm)
     lines += ["", "## Targets and training budget", "",
               "Every shipped run; validation accuracy is on 200 fixed 5-way 1-shot tasks from the held-out",
@@ -471,7 +480,7 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
                      f"{format_hours(status['seconds'])} ({'; '.join(status['hardware'])}) | {per_step:.2f} s | "
                      f"{finish} | {paper} | {target_time(algorithm, results, status, validation_curve(models / algorithm))} | "
                      f"{curve} |")
-    lines += papers_split_section(models, papers_split or {})
+    lines += papers_split_section(models, papers_split or {}, transductive or {})
     notes = [f"* **{name}** {text}" for name, text in NOTES.items() if name in runs]
     if notes:
         lines += ["", "Notes:", "", *notes]
@@ -514,9 +523,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = results_of(algorithm, variant)
             if results:
                 table[algorithm] = results
+    papers_split_results = {}
     for run, algorithm in papers_split.items():
         draw_curve(models / run, algorithm, models / run / "curve.png")
-    papers_split_results = {run: results_of(run) for run in papers_split}
+        papers_split_results[run] = results_of(run)
+        if algorithm in TRANSDUCTIVE_ROWS and (results := results_of(run, True)):
+            transductive[run] = results
     (models / "RESULTS.md").write_text(render_table(models, evaluations, args.tasks, runs, transductive,
                                                     papers_split_results), encoding="utf-8")
     print(f"wrote {models / 'RESULTS.md'}")

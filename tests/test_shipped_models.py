@@ -154,5 +154,27 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
     assert (run / "curve.png").stat().st_size > 0
     assert "| **protonet-characters** (protonet, ours; [curve](protonet-characters/curve.png)) |" in (
         tmp_path / "RESULTS.md").read_text()
+
+    # A MAML-family run gets a transductive row too, as in the main table.
+    run = tmp_path / "maml-characters"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"other weights")
+    (run / "model.json").write_text(json.dumps({"algorithm": "maml", "meta_step": 4, "val_accuracy": 0.9,
+                                                "train": {"meta_steps": 8, "split_scheme": "characters"},
+                                                "pieces": [], "wall_clock_seconds": 2.0}))
+    steps, optimizer = results.test_settings(run / "model")
+    for transductive, accuracy in ((False, 0.955), (True, 0.97)):
+        path = results.evaluation_path(tmp_path, "maml-characters", 5, 1, transductive)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**stored, "algorithm": "maml", "ways": 5, "accuracy": accuracy,
+                                    "inner_steps": steps, "optimizer": optimizer, "transductive": transductive,
+                                    "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}))
+    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
+    table = (tmp_path / "RESULTS.md").read_text()
+    section = table[table.index("## On the papers' split"):]
+    rest = f"| not evaluated | not evaluated | not evaluated | {steps} | 4 / 8 |"
+    assert f"| **maml-characters** (maml, ours) | 95.50 ± 0.30 {rest}" in section
+    assert f"| maml-characters (maml, ours), transductive batch norm | 97.00 ± 0.30 {rest}" in section
+    assert "maml-characters" not in table[:table.index("## On the papers' split")]
     assert "| Prototypical Networks (Snell et al. 2017) | 98.80 | 99.70 | 96.00 | 98.90 |" in section
     assert "**protonet-characters**" not in table[:table.index("## On the papers' split")]
