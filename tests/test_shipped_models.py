@@ -152,7 +152,7 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
                                                for step in (5, 10)))
     assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
     assert (run / "curve.png").stat().st_size > 0
-    assert "| **protonet-characters** (protonet, ours; [curve](protonet-characters/curve.png)) |" in (
+    assert "| **protonet-characters** (protonet, ours) ([curve](protonet-characters/curve.png)) |" in (
         tmp_path / "RESULTS.md").read_text()
 
     # A MAML-family run gets a transductive row too, as in the main table.
