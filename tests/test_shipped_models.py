@@ -127,16 +127,22 @@ def test_target_extrapolation_follows_a_power_law_curve() -> None:
     assert "beyond 100x" in results.target_time("fomaml", evaluated, {**status, "schedule": 50}, slower)
 
 
+def fake_papers_split_run(models: Path, algorithm: str, step: int, schedule: int) -> Path:
+    """``models/<algorithm>-characters`` with placeholder weights and the metadata the table reads."""
+    run = models / f"{algorithm}-characters"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(f"{algorithm} weights".encode())
+    (run / "model.json").write_text(json.dumps({"algorithm": algorithm, "meta_step": step, "val_accuracy": 0.9,
+                                                "train": {"meta_steps": schedule, "split_scheme": "characters"},
+                                                "pieces": [], "wall_clock_seconds": 2.0}))
+    return run
+
+
 def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
     """A run on the papers' character split is shown apart from the shipped rows, beside its paper."""
     assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
     assert "On the papers' split" not in (tmp_path / "RESULTS.md").read_text()
-    run = tmp_path / "protonet-characters"
-    run.mkdir()
-    (run / "model.safetensors").write_bytes(b"weights")
-    (run / "model.json").write_text(json.dumps({"algorithm": "protonet", "meta_step": 10, "val_accuracy": 0.99,
-                                                "train": {"meta_steps": 40, "split_scheme": "characters"},
-                                                "pieces": [], "wall_clock_seconds": 20.0}))
+    run = fake_papers_split_run(tmp_path, "protonet", 10, 40)
     stored = {"algorithm": "protonet", "ways": 20, "shots": 1, "tasks": 7, "accuracy": 0.962, "ci95": 0.003,
               "inner_steps": 0, "optimizer": None, "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}
     path = results.evaluation_path(tmp_path, "protonet-characters", 20, 1)
@@ -156,12 +162,7 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
         tmp_path / "RESULTS.md").read_text()
 
     # A MAML-family run gets a transductive row too, as in the main table.
-    run = tmp_path / "maml-characters"
-    run.mkdir()
-    (run / "model.safetensors").write_bytes(b"other weights")
-    (run / "model.json").write_text(json.dumps({"algorithm": "maml", "meta_step": 4, "val_accuracy": 0.9,
-                                                "train": {"meta_steps": 8, "split_scheme": "characters"},
-                                                "pieces": [], "wall_clock_seconds": 2.0}))
+    run = fake_papers_split_run(tmp_path, "maml", 4, 8)
     steps, optimizer = results.test_settings(run / "model")
     for transductive, accuracy in ((False, 0.955), (True, 0.97)):
         path = results.evaluation_path(tmp_path, "maml-characters", 5, 1, transductive)
