@@ -4,11 +4,11 @@
 
 For every registered algorithm, on its shipped checkpoint's backbone as ``engine.bench`` times it,
 runs ``adapt`` (10 inner steps) + ``predict_proba`` (20 queries) under ``torch.profiler`` and
-splits the operators' self CPU time into the convolution kernels (forward and backward, PyTorch's
-oneDNN ones, which no change in this project's Python makes cheaper) and everything else, beside
-the unprofiled median wall time. Summed over the issue's target set (the gradient-based
-algorithms plus ProtoNet) it says how much of the set's time is left to optimise at all. The
-profiler's own per-operator cost lands in "other operators", which is therefore an upper bound.
+splits the CPU time into the convolution operators (forward and backward with what they call,
+PyTorch's oneDNN kernels, which no change in this project's Python makes cheaper) and the self time
+of every other operator, beside the unprofiled median wall time. Summed over the issue's target set
+(the gradient-based algorithms plus ProtoNet) it says how much of the set's time is left to optimise
+at all. The profiler's own per-operator cost lands in "other operators", an upper bound.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as engine.bench runs
     device = torch.device("cpu")
-    learners, failed = build_learners(shipped_backbones(REPO_ROOT / "models", BackboneConfig(channels=args.channels)), device)
+    backbones = shipped_backbones(REPO_ROOT / "models", BackboneConfig(channels=args.channels))
+    learners, failed = build_learners(backbones, device)
     task = adaptation_task(args.shape, device)
     print(f"engine.bench_floor: torch {torch.__version__}, {args.threads} thread(s), {args.shape}, "
           f"{ADAPT_STEPS} inner steps + 20 queries; ms per adaptation")

@@ -18,15 +18,14 @@ python=${PYTHON:-.venv/bin/python}
 # Validation: 200 fixed 5-way 1-shot tasks from the validation split (model selection only).
 val=(--val-tasks 200)
 protonet=(--ways 60 --shots 1 --queries 5 --meta-batch 1 --meta-steps 20000 --meta-lr-final 0.0001 --val-every 500)
-maml=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 20000 --inner-steps 2 --inner-lr 0.4
-      --meta-lr-final 0.0001 --val-every 250)
 # The paper's Omniglot schedule: 5 tasks a meta-step drawn with 10 shots, meta step size 1 -> 0, each of the
 # 5 inner steps on a minibatch of 10 images (2 per class).
 reptile=(--ways 5 --shots 10 --queries 1 --meta-batch 5 --inner-steps 5 --inner-lr 0.4 --inner-shots 2)
 case "$config" in
   # The paper's max-pooling Conv-4 (models/RESULTS.md's protonet note): adapting is one forward pass.
   protonet) args=("${protonet[@]}" --downsample maxpool "${val[@]}") ;;
-  maml)     args=("${maml[@]}" "${val[@]}") ;;
+  maml)     args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 20000 --inner-steps 2 --inner-lr 0.4
+                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
   fomaml)   args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 3 --inner-lr 0.4
                   --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
   metasgd)  args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 1 --inner-lr 0.4
