@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from engine.learners import Learner, get_learner_class
@@ -77,6 +77,15 @@ def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, to
         raise CheckpointError(f"checkpoint weights {path} do not exist")
     try:
         return load_file(path, device=str(device))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint weights {path} are corrupt or not safetensors ({error})") from None
+
+
+def read_tensor_metadata(path: Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors file's header (empty when there is none)."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"checkpoint weights {path} are corrupt or not safetensors ({error})") from None
 

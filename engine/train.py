@@ -26,7 +26,8 @@ import torch
 from tqdm import tqdm
 
 from engine.checkpoint import (
-    CheckpointError, load_learner, load_tensors, read_json, read_metadata, save_learner, save_tensors, write_json,
+    CheckpointError, load_learner, load_tensors, read_json, read_metadata, read_tensor_metadata, save_learner,
+    save_tensors, write_json,
 )
 from engine.data.omniglot import VALIDATION_SOURCES, DatasetNotFoundError, Splits, load_splits
 from engine.data.tasks import fixed_tasks
@@ -158,25 +159,42 @@ class Trainer:
                 "wall_clock_seconds": round(self.train_seconds, 1), "pieces": self.pieces, **self.provenance}
 
     def save_state(self) -> None:
-        """Latest weights + optimizer state + sampler state, enough for ``--resume``."""
-        save_learner(self.out / "last", self.learner, self.metadata())
+        """Latest weights + optimizer state + sampler state, enough for ``--resume``.
+
+        ``--resume`` reads only ``resume.safetensors``, which holds all of it and is replaced atomically:
+        a run killed between two separate files would otherwise resume the weights of one step with the
+        sampler of another. ``last.*`` and ``resume.json`` are readable copies for people and scripts.
+        """
         optimizer_state = self.optimizer.state_dict()
-        tensors = {f"{index}.{key}": value for index, state in optimizer_state["state"].items()
-                   for key, value in state.items()}
-        save_tensors(self.out / "resume.safetensors", tensors)
-        write_json(self.out / "resume.json", {
-            "step": self.step, "best_val": self.best_val, "train_seconds": self.train_seconds, "pieces": self.pieces,
-            "param_groups": optimizer_state["param_groups"], "scheduler": self.scheduler.state_dict(),
-            "rng": self.rng.bit_generator.state, "train": dataclasses.asdict(self.config)})
+        tensors = {f"params.{name}": value for name, value in self.learner.params.items()}
+        tensors.update({f"optimizer.{index}.{key}": value for index, state in optimizer_state["state"].items()
+                        for key, value in state.items()})
+        state = {"step": self.step, "best_val": self.best_val, "train_seconds": self.train_seconds,
+                 "pieces": self.pieces, "param_groups": optimizer_state["param_groups"],
+                 "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
+                 "train": dataclasses.asdict(self.config)}
+        save_learner(self.out / "last", self.learner, self.metadata())
+        save_tensors(self.out / "resume.safetensors", tensors, metadata={"state": json.dumps(state)})
+        write_json(self.out / "resume.json", state)
 
     def restore_state(self) -> None:
-        learner = load_learner(self.out / "last", self.device)
-        self.learner.params = learner.params
+        path = self.out / "resume.safetensors"
+        tensors = load_tensors(path, self.device)
+        header = read_tensor_metadata(path)
+        if "state" in header:
+            state = json.loads(header["state"])
+            params = {key.removeprefix("params."): value for key, value in tensors.items() if key.startswith("params.")}
+            optimizer_tensors = {key.removeprefix("optimizer."): value for key, value in tensors.items()
+                                 if key.startswith("optimizer.")}
+        else:  # saved before the single-file format: weights in last.*, optimizer tensors unprefixed
+            state = read_json(self.out / "resume.json")
+            params, optimizer_tensors = load_learner(self.out / "last", self.device).params, tensors
+        if params.keys() != self.learner.params.keys():
+            raise CheckpointError(f"{path} does not hold this run's parameters")
+        self.learner.params = {name: params[name].requires_grad_(True) for name in self.learner.params}
         self.optimizer = self.learner.meta_optimizer()
-        state = read_json(self.out / "resume.json")
-        tensors = load_tensors(self.out / "resume.safetensors", self.device)
         per_param: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
+        for key, value in optimizer_tensors.items():
             index, name = key.split(".", 1)
             per_param.setdefault(int(index), {})[name] = value
         self.optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
@@ -307,7 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "torch": torch.__version__}
     trainer = Trainer(learner, config, splits, out, device, provenance, progress=not args.no_progress)
     if args.resume:
-        trainer.restore_state()
+        try:
+            trainer.restore_state()
+        except CheckpointError as error:  # killed before its first complete save
+            print(f"error: nothing to resume in {out}: {error}", file=sys.stderr)
+            return 2
     best = trainer.run(args.max_minutes)
     print(f"{'done' if trainer.step >= config.meta_steps else 'paused'}: {trainer.step} meta-steps, best validation accuracy {best:.4f}; checkpoint {out / 'model.safetensors'}")
     return 0
