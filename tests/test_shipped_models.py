@@ -127,9 +127,9 @@ def test_target_extrapolation_follows_a_power_law_curve() -> None:
     assert "beyond 100x" in results.target_time("fomaml", evaluated, {**status, "schedule": 50}, slower)
 
 
-def fake_papers_split_run(models: Path, algorithm: str, step: int, schedule: int) -> Path:
-    """``models/<algorithm>-characters`` with placeholder weights and the metadata the table reads."""
-    run = models / f"{algorithm}-characters"
+def fake_papers_split_run(models: Path, algorithm: str, step: int, schedule: int, folder: str | None = None) -> Path:
+    """``models/<algorithm>-characters`` (or ``folder``) with placeholder weights and the metadata the table reads."""
+    run = models / (folder or f"{algorithm}-characters")
     run.mkdir()
     (run / "model.safetensors").write_bytes(f"{algorithm} weights".encode())
     (run / "model.json").write_text(json.dumps({"algorithm": algorithm, "meta_step": step, "val_accuracy": 0.9,
@@ -179,3 +179,16 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
     assert "maml-characters" not in table[:table.index("## On the papers' split")]
     assert "| Prototypical Networks (Snell et al. 2017) | 98.80 | 99.70 | 96.00 | 98.90 |" in section
     assert "**protonet-characters**" not in table[:table.index("## On the papers' split")]
+
+    # With the shipped maml evaluated too, the split's worth at the targets' settings, and the verdicts.
+    assert "What the split is worth" not in section
+    shipped = fake_papers_split_run(tmp_path, "maml", 4, 8, folder="maml")
+    path = results.evaluation_path(tmp_path, "maml", 5, 1)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({**stored, "algorithm": "maml", "ways": 5, "accuracy": 0.93, "inner_steps": steps,
+                                "optimizer": optimizer,
+                                "checkpoint_sha256": file_digest(shipped / "model.safetensors", "sha256")}))
+    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
+    section = (tmp_path / "RESULTS.md").read_text().split("## On the papers' split")[1]
+    assert ("| maml-characters | +2.50 | — | 5w1s missed by 3.2 pt | 5w1s missed by 5.7 pt |") in section
+    assert "| protonet-characters |" not in section  # no shipped protonet to compare with
