@@ -124,16 +124,9 @@ class Killed(BaseException):
     """Stands in for SIGKILL in-process: nothing catches it."""
 
 
-@pytest.mark.parametrize("files_written", [0, 1, 2, 3])
-def test_a_kill_part_way_through_a_save_resumes_exactly(tmp_path: Path, omniglot_dir: Path,
-                                                       monkeypatch: pytest.MonkeyPatch, files_written: int) -> None:
-    """A save writes several files; a run killed after any number of them resumes from one consistent
-    step and ends bit-identical to an uninterrupted run (CI once caught weights of one step resumed with
-    the task sampler of the previous save)."""
-    args = ["--algorithm", "protonet", "--meta-steps", "15", "--ways", "5", "--channels", "8", "--val-every", "5",
-            "--val-tasks", "4", "--no-progress", "--data-dir", str(omniglot_dir)]
-    assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
-
+def kill_during_save(args: list[str], monkeypatch: pytest.MonkeyPatch, save: int, files_written: int) -> None:
+    """Run ``engine.train`` with ``args`` and stop it as SIGKILL would, inside its ``save``-th save of
+    the resumable state, after ``files_written`` of that save's files."""
     saves, replaced = 0, 0
     real_save_state, real_replace = train.Trainer.save_state, os.replace
 
@@ -144,22 +137,46 @@ def test_a_kill_part_way_through_a_save_resumes_exactly(tmp_path: Path, omniglot
 
     def replace(source: str, destination: Path) -> None:
         nonlocal replaced
-        if saves == 2:  # the second save (step 10), after `files_written` of its files
+        if saves == save:
             if replaced == files_written:
                 raise Killed
             replaced += 1
         real_replace(source, destination)
 
-    monkeypatch.setattr(train.Trainer, "save_state", save_state)
-    monkeypatch.setattr("engine.checkpoint.os.replace", replace)
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Trainer, "save_state", save_state)
+        patch.setattr("engine.checkpoint.os.replace", replace)
+        with pytest.raises(Killed):
+            train.main(args)
+
+
+@pytest.mark.parametrize("files_written", [0, 1, 2, 3])
+def test_a_kill_part_way_through_a_save_resumes_exactly(tmp_path: Path, omniglot_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, files_written: int) -> None:
+    """A save writes several files; a run killed after any number of them resumes from one consistent
+    step and ends bit-identical to an uninterrupted run (CI once caught weights of one step resumed with
+    the task sampler of the previous save)."""
+    args = ["--algorithm", "protonet", "--meta-steps", "15", "--ways", "5", "--channels", "8", "--val-every", "5",
+            "--val-tasks", "4", "--no-progress", "--data-dir", str(omniglot_dir)]
+    assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
     killed = tmp_path / "killed"
-    with pytest.raises(Killed):
-        train.main([*args, "--out", str(killed)])
-    monkeypatch.undo()
+    kill_during_save([*args, "--out", str(killed)], monkeypatch, save=2, files_written=files_written)
     assert train.main([*args, "--out", str(killed), "--resume"]) == 0
     final, reference = load_tensors(killed / "last.safetensors"), load_tensors(tmp_path / "straight" / "last.safetensors")
     for name in reference:
         assert torch.equal(final[name], reference[name]), name
+
+
+def test_a_kill_before_the_first_complete_save_leaves_nothing_to_resume(
+        tmp_path: Path, omniglot_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Killed after last.* but before resume.safetensors of the first save: --resume says so and
+    exits 2 instead of failing with a traceback."""
+    args = ["--algorithm", "protonet", "--meta-steps", "5", "--ways", "5", "--channels", "8", "--val-every", "5",
+            "--val-tasks", "4", "--no-progress", "--data-dir", str(omniglot_dir), "--out", str(tmp_path)]
+    kill_during_save(args, monkeypatch, save=1, files_written=2)
+    assert (tmp_path / "last.safetensors").exists() and not (tmp_path / "resume.safetensors").exists()
+    assert train.main([*args, "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
 
 
 def test_resume_reads_a_state_saved_before_the_single_file_format(tmp_path: Path, omniglot_dir: Path) -> None:
