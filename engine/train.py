@@ -3,8 +3,9 @@
     python -m engine.train --algorithm maml --out runs/maml --meta-steps 10000
     python -m engine.train --algorithm maml --out runs/maml --resume     # after an interruption
 
-Writes into ``--out``: ``model.*`` (best validation accuracy: the checkpoint to ship), ``last.*``
-and ``resume.*`` (latest state, for ``--resume``), and ``curve.jsonl`` (the learning curve).
+Writes into ``--out``: ``model.*`` (best validation accuracy: the checkpoint to ship),
+``resume.safetensors`` (latest state, all that ``--resume`` reads; ``last.*`` and ``resume.json`` are
+readable copies of it), and ``curve.jsonl`` (the learning curve).
 Validation uses a fixed set of tasks from the validation split (the held-out background alphabets, or the
 character split's validation characters), never the test split.
 """
