@@ -79,10 +79,21 @@ def test_evaluate_reports_a_broken_checkpoint(tmp_path: Path, omniglot_dir: Path
     assert "corrupt" in capsys.readouterr().err
 
 
+def small_protonet_run(out: Path, data_dir: Path, steps: int) -> list[str]:
+    """engine.train's arguments for a run of ``steps`` episodes small enough to train in seconds."""
+    return ["--algorithm", "protonet", "--out", str(out), "--data-dir", str(data_dir), "--meta-steps", str(steps),
+            "--ways", "5", "--channels", "8", "--val-every", "5", "--val-tasks", "4", "--no-progress"]
+
+
 def train_command(out: Path, data_dir: Path, steps: int) -> list[str]:
-    return [sys.executable, "-m", "engine.train", "--algorithm", "protonet", "--out", str(out), "--data-dir",
-            str(data_dir), "--meta-steps", str(steps), "--ways", "5", "--channels", "8", "--val-every", "5",
-            "--val-tasks", "4", "--no-progress"]
+    return [sys.executable, "-m", "engine.train", *small_protonet_run(out, data_dir, steps)]
+
+
+def assert_same_weights(run: Path, reference: Path) -> None:
+    """``run`` ended bit-identical to ``reference`` (their latest weights)."""
+    final, expected = load_tensors(run / "last.safetensors"), load_tensors(reference / "last.safetensors")
+    for name in expected:
+        assert torch.equal(final[name], expected[name]), name
 
 
 def test_resume_after_kill_continues_exactly(tmp_path: Path, omniglot_dir: Path) -> None:
@@ -110,9 +121,7 @@ def test_resume_after_kill_continues_exactly(tmp_path: Path, omniglot_dir: Path)
 
     subprocess.run(train_command(killed, omniglot_dir, steps) + ["--resume"], env=env, check=True,
                    capture_output=True, cwd=REPO_ROOT, timeout=600)
-    final, reference = load_tensors(killed / "last.safetensors"), load_tensors(straight / "last.safetensors")
-    for name in reference:
-        assert torch.equal(final[name], reference[name]), name
+    assert_same_weights(killed, straight)
     metadata = read_metadata(killed / "last")
     assert metadata["meta_step"] == steps and len(metadata["pieces"]) == 2
     assert metadata["pieces"][1]["start_step"] == interrupted_at
@@ -156,23 +165,18 @@ def test_a_kill_part_way_through_a_save_resumes_exactly(tmp_path: Path, omniglot
     """A save writes several files; a run killed after any number of them resumes from one consistent
     step and ends bit-identical to an uninterrupted run (CI once caught weights of one step resumed with
     the task sampler of the previous save)."""
-    args = ["--algorithm", "protonet", "--meta-steps", "15", "--ways", "5", "--channels", "8", "--val-every", "5",
-            "--val-tasks", "4", "--no-progress", "--data-dir", str(omniglot_dir)]
-    assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
-    killed = tmp_path / "killed"
-    kill_during_save([*args, "--out", str(killed)], monkeypatch, save=2, files_written=files_written)
-    assert train.main([*args, "--out", str(killed), "--resume"]) == 0
-    final, reference = load_tensors(killed / "last.safetensors"), load_tensors(tmp_path / "straight" / "last.safetensors")
-    for name in reference:
-        assert torch.equal(final[name], reference[name]), name
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert train.main(small_protonet_run(straight, omniglot_dir, 15)) == 0
+    kill_during_save(small_protonet_run(killed, omniglot_dir, 15), monkeypatch, save=2, files_written=files_written)
+    assert train.main(small_protonet_run(killed, omniglot_dir, 15) + ["--resume"]) == 0
+    assert_same_weights(killed, straight)
 
 
 def test_a_kill_before_the_first_complete_save_leaves_nothing_to_resume(
         tmp_path: Path, omniglot_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Killed after last.* but before resume.safetensors of the first save: --resume says so and
     exits 2 instead of failing with a traceback."""
-    args = ["--algorithm", "protonet", "--meta-steps", "5", "--ways", "5", "--channels", "8", "--val-every", "5",
-            "--val-tasks", "4", "--no-progress", "--data-dir", str(omniglot_dir), "--out", str(tmp_path)]
+    args = small_protonet_run(tmp_path, omniglot_dir, 5)
     kill_during_save(args, monkeypatch, save=1, files_written=2)
     assert (tmp_path / "last.safetensors").exists() and not (tmp_path / "resume.safetensors").exists()
     assert train.main([*args, "--resume"]) == 2
@@ -182,19 +186,15 @@ def test_a_kill_before_the_first_complete_save_leaves_nothing_to_resume(
 def test_resume_reads_a_state_saved_before_the_single_file_format(tmp_path: Path, omniglot_dir: Path) -> None:
     """Runs saved before resume.safetensors held everything (weights in last.*, bare optimizer
     tensors, the rest in resume.json) still resume, to the same result."""
-    args = ["--algorithm", "protonet", "--ways", "5", "--channels", "8", "--val-every", "5", "--val-tasks", "4",
-            "--no-progress", "--data-dir", str(omniglot_dir)]
-    for run in ("straight", "legacy"):
-        assert train.main([*args, "--meta-steps", "5", "--out", str(tmp_path / run)]) == 0
-    state = tmp_path / "legacy" / "resume.safetensors"
-    tensors = load_tensors(state)
-    save_tensors(state, {key.removeprefix("optimizer."): value for key, value in tensors.items()
-                         if key.startswith("optimizer.")})
-    for run in ("straight", "legacy"):
-        assert train.main([*args, "--meta-steps", "10", "--out", str(tmp_path / run), "--resume"]) == 0
-    final, reference = (load_tensors(tmp_path / run / "last.safetensors") for run in ("legacy", "straight"))
-    for name in reference:
-        assert torch.equal(final[name], reference[name]), name
+    straight, legacy = tmp_path / "straight", tmp_path / "legacy"
+    for run in (straight, legacy):
+        assert train.main(small_protonet_run(run, omniglot_dir, 5)) == 0
+    tensors = load_tensors(legacy / "resume.safetensors")
+    save_tensors(legacy / "resume.safetensors", {key.removeprefix("optimizer."): value for key, value in tensors.items()
+                                                 if key.startswith("optimizer.")})
+    for run in (straight, legacy):
+        assert train.main(small_protonet_run(run, omniglot_dir, 10) + ["--resume"]) == 0
+    assert_same_weights(legacy, straight)
 
 
 # Per algorithm: the training settings of a short run (the rest is TrainConfig's defaults) and
