@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the test characters (final numbers) or the validation characters (model selection)")
     parser.add_argument("--split-scheme", choices=SPLIT_SCHEMES, default=None,
                         help="which characters the splits hold (default: the one the checkpoint was trained "
-                             "with): alphabets (ours: unseen test alphabets) or characters (the papers' split)")
+                             "with): alphabets (ours: unseen test alphabets), background (ours, training on the validation "
+                             "alphabets too) or characters (the papers' split)")
     parser.add_argument("--data-dir", default=None, help="Omniglot folder (default: $OMNIGLOT_DIR, then known places)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         learner = load_learner(args.checkpoint, device)
         if args.split_scheme is None:
             args.split_scheme = read_metadata(args.checkpoint).get("train", {}).get("split_scheme", "alphabets")
-        if args.split == "evaluation" and args.split_scheme == "alphabets":
+        if args.split == "evaluation" and args.split_scheme != "characters":
             chars = load_split(resolve_data_dir(args.data_dir), "evaluation")  # the test split alone
         else:
             splits = load_splits(resolve_data_dir(args.data_dir), scheme=args.split_scheme)

@@ -115,9 +115,39 @@ TOLERANCE = {(5, 1): 1.0, (20, 1): 2.0}
 TRANSDUCTIVE_ROWS = {"maml", "fomaml", "reptile"}
 # These must meet or beat their papers.
 MUST_MATCH = {"maml", "protonet"}
-# Runs trained and tested on the papers' character split (`bash models/train.sh ALGORITHM-characters`)
-# are shown in a table of their own beside the published figures.
-PAPERS_SPLIT_SUFFIX = "-characters"
+
+
+@dataclass(frozen=True)
+class CandidateSplit:
+    """Runs of a shipped configuration on another split (``bash models/train.sh ALGORITHM<suffix>``): not
+    shipped, shown in a section of their own beside the published figures and against the shipped runs."""
+
+    suffix: str  # run folder = algorithm + suffix
+    name: str  # "the papers' split", as a verdict column says "targets on <name>"
+    heading: str
+    intro: tuple[str, ...]
+    worth: str  # what "candidate minus shipped" measures, for the comparison's caption
+
+
+PAPERS_SPLIT = CandidateSplit(
+    "-characters", "the papers' split", "On the papers' split", (
+        "What our split costs, measured: the same configuration trained and tested on a split like the",
+        "papers' (`--split-scheme characters`: all 1623 characters shuffled with a fixed seed, 1028 to train",
+        "and 172 to validate, which the papers then train on too, and 423 to test, Vinyals et al.'s sizes;",
+        "the test characters' alphabets are seen in training). Cells as above, on 600 tasks from those 423",
+        "test characters, and a transductive row where the main table has one; these candidates are not",
+        "shipped (the app's checkpoints are the ones above)."),
+    "What the split is worth")
+ALL_BACKGROUND = CandidateSplit(
+    "-background", "all background alphabets", "On all 30 background alphabets", (
+        "What the 5 held-out validation alphabets would add as training data: the same configuration",
+        "trained on all 964 background characters (`--split-scheme background`), as a final model is",
+        "trained once validation has chosen its schedule (Snell et al. trained on their training and",
+        "validation characters together). Validation characters are then seen in training and cannot pick",
+        "a checkpoint, so the run keeps its last step. Cells as above, on the same unseen evaluation",
+        "alphabets; these candidates are not shipped (the app's checkpoints are the ones above)."),
+    "What the validation alphabets are worth")
+CANDIDATE_SPLITS = (PAPERS_SPLIT, ALL_BACKGROUND)
 
 
 def setting_name(ways: int, shots: int) -> str:
@@ -131,11 +161,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def papers_split_runs(models: Path) -> dict[str, str]:
-    """Run folder -> algorithm of every run on the papers' split with a checkpoint (``<algorithm>-characters``)."""
+def candidate_runs(models: Path, split: CandidateSplit) -> dict[str, str]:
+    """Run folder -> algorithm of every run on ``split`` with a checkpoint (``<algorithm><suffix>``)."""
     runs = {}
     for algorithm in LEARNERS:  # registry order, as the shipped rows
-        run = algorithm + PAPERS_SPLIT_SUFFIX
+        run = algorithm + split.suffix
         if (models / run / "model.safetensors").exists():
             runs[run] = algorithm
     return runs
@@ -384,13 +414,13 @@ def published_rows(algorithm: str) -> list[str]:
     return [f"| {published.source} | " + " | ".join(f"{published.accuracy[s]:.2f}" for s in SETTINGS) + " | | |"]
 
 
-def split_cost_rows(evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
+def split_cost_rows(split: CandidateSplit, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
                     ours: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
-    """Per run on the papers' split whose algorithm ships too: what the split is worth at the targets'
-    settings (papers' split minus ours, in points), and the target verdicts on each split."""
+    """Per run on ``split`` whose algorithm ships too: what the split is worth at the targets' settings
+    (the run minus the shipped one, in points), and the target verdicts of both."""
     lines = []
     for run, results in evaluations.items():
-        algorithm = run.removesuffix(PAPERS_SPLIT_SUFFIX)
+        algorithm = run.removesuffix(split.suffix)
         shipped = ours.get(algorithm)
         if shipped is None or not any(s in results and s in shipped for s in TOLERANCE):
             continue
@@ -401,36 +431,31 @@ def split_cost_rows(evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]
     if not lines:
         return []
     names = [setting_name(*s) for s in TOLERANCE]
-    return ["", "What the split is worth, in points (papers' split minus ours, support-set batch norm), and the",
-            "targets judged on each split:", "",
-            "| run | " + " | ".join(f"{name}: papers' split − ours" for name in names) + " | targets on the papers' split "
+    return ["", f"{split.worth}, in points ({split.name} minus ours, support-set batch norm), and the",
+            "targets judged on each:", "",
+            "| run | " + " | ".join(f"{name}: {split.name} − ours" for name in names) + f" | targets on {split.name} "
             "| targets on ours |", "|---|---|---|---|---|", *lines]
 
 
-def papers_split_section(models: Path, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
-                         transductive: dict[str, dict[tuple[int, int], dict[str, Any]]],
-                         ours: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
-    """RESULTS.md's table of the runs on the papers' character split (``evaluations``' keys, with
-    whatever evaluations they have, and ``transductive`` ones where made), each beside its paper, and
-    what the split is worth against the shipped runs' evaluations (``ours``)."""
+def candidate_section(models: Path, split: CandidateSplit,
+                      evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
+                      transductive: dict[str, dict[tuple[int, int], dict[str, Any]]],
+                      ours: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
+    """RESULTS.md's table of the runs on ``split`` (``evaluations``' keys, with whatever evaluations they
+    have, and ``transductive`` ones where made), each beside its paper, and what the split is worth
+    against the shipped runs' evaluations (``ours``)."""
     if not evaluations:
         return []
-    lines = ["", "## On the papers' split", "",
-             "What our split costs, measured: the same configuration trained and tested on a split like the",
-             "papers' (`--split-scheme characters`: all 1623 characters shuffled with a fixed seed, 1028 to train",
-             "and 172 to validate, which the papers then train on too, and 423 to test, Vinyals et al.'s sizes;",
-             "the test characters' alphabets are seen in training). Cells as above, on 600 tasks from those 423",
-             "test characters, and a transductive row where the main table has one; these candidates are not",
-             "shipped (the app's checkpoints are the ones above).", "",
+    lines = ["", f"## {split.heading}", "", *split.intro, "",
              "| run | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |",
              "|" + "---|" * (len(SETTINGS) + 3)]
     for run, results in evaluations.items():
-        algorithm = run.removesuffix(PAPERS_SPLIT_SUFFIX)
+        algorithm = run.removesuffix(split.suffix)
         curve = f" ([curve]({run}/curve.png))" if (models / run / "curve.png").exists() else ""
         lines += our_rows(run, f"({algorithm}, ours)", algorithm, training_status(models / run), results,
                           transductive.get(run), curve)
         lines += published_rows(algorithm)
-    lines += split_cost_rows(evaluations, ours)
+    lines += split_cost_rows(split, evaluations, ours)
     lines.append("")
     lines.append("Training: `bash models/train.sh RUN`; validation accuracy and time in each run's model.json.")
     return lines
@@ -439,10 +464,10 @@ def papers_split_section(models: Path, evaluations: dict[str, dict[tuple[int, in
 def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]], tasks: int,
                  runs: Sequence[str],
                  transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None,
-                 papers_split: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None) -> str:
+                 candidates: dict[CandidateSplit, dict[str, dict[tuple[int, int], dict[str, Any]]]] | None = None) -> str:
     """RESULTS.md: the evaluated checkpoints beside the papers, then the training state of every run in
-    ``runs``, then the runs on the papers' split (``papers_split``). ``transductive`` holds the
-    transductive evaluations of both, by run folder."""
+    ``runs``, then the runs on each candidate split (``candidates``). ``transductive`` holds the
+    transductive evaluations of all of them, by run folder."""
     header = "| algorithm | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |"
     lines = [
         "# Results",
@@ -465,8 +490,8 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
         "model selection) and test on the 659 characters of the 20 evaluation alphabets, which neither",
         "training nor model selection saw, as the dataset's authors ask: two thirds of the papers' training",
         "classes and unseen alphabets at test time, both of which make our cells harder than theirs.",
-        "How much, the last section measures run by run: the same configurations trained and tested on",
-        "a split like the papers'.",
+        "How much, the section on the papers' split measures run by run: the same configurations trained",
+        "and tested on a split like the papers'.",
         "",
         header,
         "|" + "---|" * (len(SETTINGS) + 3),
@@ -506,7 +531,8 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
                      f"{format_hours(status['seconds'])} ({'; '.join(status['hardware'])}) | {per_step:.2f} s | "
                      f"{finish} | {paper} | {target_time(algorithm, results, status, validation_curve(models / algorithm))} | "
                      f"{curve} |")
-    lines += papers_split_section(models, papers_split or {}, transductive or {}, evaluations)
+    for split, split_results in (candidates or {}).items():
+        lines += candidate_section(models, split, split_results, transductive or {}, evaluations)
     notes = [f"* **{name}** {text}" for name, text in NOTES.items() if name in runs]
     if notes:
         lines += ["", "Notes:", "", *notes]
@@ -530,8 +556,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models: Path = args.models
     runs = shipped_algorithms(models)
-    papers_split = papers_split_runs(models)
-    requested = [] if args.table_only else (args.algorithms or runs + list(papers_split))
+    candidates = {split: candidate_runs(models, split) for split in CANDIDATE_SPLITS}
+    requested = [] if args.table_only else (args.algorithms or runs + [run for split_runs in candidates.values()
+                                                                          for run in split_runs])
     evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
     transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
 
@@ -549,14 +576,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = results_of(algorithm, variant)
             if results:
                 table[algorithm] = results
-    papers_split_results = {}
-    for run, algorithm in papers_split.items():
-        draw_curve(models / run, algorithm, models / run / "curve.png")
-        papers_split_results[run] = results_of(run)
-        if algorithm in TRANSDUCTIVE_ROWS and (results := results_of(run, True)):
-            transductive[run] = results
+    candidate_results: dict[CandidateSplit, dict[str, dict[tuple[int, int], dict[str, Any]]]] = {}
+    for split, split_runs in candidates.items():
+        candidate_results[split] = {}
+        for run, algorithm in split_runs.items():
+            draw_curve(models / run, algorithm, models / run / "curve.png")
+            candidate_results[split][run] = results_of(run)
+            if algorithm in TRANSDUCTIVE_ROWS and (results := results_of(run, True)):
+                transductive[run] = results
     (models / "RESULTS.md").write_text(render_table(models, evaluations, args.tasks, runs, transductive,
-                                                    papers_split_results), encoding="utf-8")
+                                                    candidate_results), encoding="utf-8")
     print(f"wrote {models / 'RESULTS.md'}")
     return 0
 

@@ -3,7 +3,8 @@
     python -m engine.train --algorithm maml --out runs/maml --meta-steps 10000
     python -m engine.train --algorithm maml --out runs/maml --resume     # after an interruption
 
-Writes into ``--out``: ``model.*`` (best validation accuracy: the checkpoint to ship),
+Writes into ``--out``: ``model.*`` (best validation accuracy: the checkpoint to ship; the latest validated
+step under ``--split-scheme background``, which trains on the validation characters too),
 ``resume.safetensors`` (latest state, all that ``--resume`` reads; ``last.*`` and ``resume.json`` are
 readable copies of it), and ``curve.jsonl`` (the learning curve).
 Validation uses a fixed set of tasks from the validation split (the held-out background alphabets, or the
@@ -58,7 +59,8 @@ class TrainConfig:
     checkpoint_minutes: float = 3.0
     seed: int = 0
     # Which characters train, validate and test (engine.data.omniglot.load_splits): "alphabets"
-    # (ours: unseen test alphabets) or "characters" (the papers' random character split).
+    # (ours: unseen test alphabets), "background" (ours, training on the validation alphabets too)
+    # or "characters" (the papers' random character split).
     split_scheme: str = "alphabets"
 
 
@@ -146,7 +148,7 @@ class Trainer:
             self.optimizer, lambda step: 1.0 + (ratio - 1.0) * min(step / max(config.meta_steps, 1), 1.0))
         self.rng = np.random.default_rng(config.seed)
         self.step = 0
-        self.best_val = -1.0
+        self.model_val = -1.0  # validation accuracy of the checkpoint in model.*
         self.train_seconds = 0.0
         self.pieces: list[dict[str, Any]] = []
         self.val_tasks = [t.to(device) for t in fixed_tasks(
@@ -154,7 +156,7 @@ class Trainer:
 
     # -- persistence ----------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
-        return {"train": dataclasses.asdict(self.config), "meta_step": self.step, "val_accuracy": self.best_val,
+        return {"train": dataclasses.asdict(self.config), "meta_step": self.step, "val_accuracy": self.model_val,
                 "val_setting": f"{self.config.val_ways}-way {self.config.val_shots}-shot, {self.config.val_tasks} "
                                f"tasks from {VALIDATION_SOURCES[self.config.split_scheme]}",
                 "wall_clock_seconds": round(self.train_seconds, 1), "pieces": self.pieces, **self.provenance}
@@ -170,7 +172,7 @@ class Trainer:
         tensors = {f"params.{name}": value for name, value in self.learner.params.items()}
         tensors.update({f"optimizer.{index}.{key}": value for index, state in optimizer_state["state"].items()
                         for key, value in state.items()})
-        state = {"step": self.step, "best_val": self.best_val, "train_seconds": self.train_seconds,
+        state = {"step": self.step, "best_val": self.model_val, "train_seconds": self.train_seconds,
                  "pieces": self.pieces, "param_groups": optimizer_state["param_groups"],
                  "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
                  "train": dataclasses.asdict(self.config)}
@@ -202,7 +204,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.scheduler.lr_lambdas[0])
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.bit_generator.state = state["rng"]
-        self.step, self.best_val = state["step"], state["best_val"]
+        self.step, self.model_val = state["step"], state["best_val"]
         self.train_seconds, self.pieces = state["train_seconds"], state["pieces"]
         self.truncate_curve()
 
@@ -266,12 +268,13 @@ class Trainer:
             if self.step % c.val_every == 0 or self.step == c.meta_steps:
                 val_accuracy = self.validate()
                 record["val_accuracy"] = val_accuracy
-                if val_accuracy > self.best_val:
-                    self.best_val = val_accuracy
+                # Validation characters that training also sees cannot select a checkpoint: keep the latest.
+                if val_accuracy > self.model_val or not self.splits.val_held_out:
+                    self.model_val = val_accuracy
                     save_learner(self.out / "model", self.learner, self.metadata())
                 if not self.progress:
                     print(f"step {self.step}: loss {loss:.4f}, query acc {query_accuracy:.3f}, "
-                          f"val acc {val_accuracy:.4f} (best {self.best_val:.4f})", flush=True)
+                          f"val acc {val_accuracy:.4f} (checkpoint's {self.model_val:.4f})", flush=True)
             self.log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{query_accuracy:.3f}", val=f"{val_accuracy:.3f}")
@@ -280,7 +283,7 @@ class Trainer:
                 last_save = time.monotonic()
         bar.close()
         self.save_state()
-        return self.best_val
+        return self.model_val
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,8 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CheckpointError as error:  # killed before its first complete save
             print(f"error: nothing to resume in {out}: {error}", file=sys.stderr)
             return 2
-    best = trainer.run(args.max_minutes)
-    print(f"{'done' if trainer.step >= config.meta_steps else 'paused'}: {trainer.step} meta-steps, best validation accuracy {best:.4f}; checkpoint {out / 'model.safetensors'}")
+    model_val = trainer.run(args.max_minutes)
+    print(f"{'done' if trainer.step >= config.meta_steps else 'paused'}: {trainer.step} meta-steps, checkpoint's validation accuracy {model_val:.4f}; checkpoint {out / 'model.safetensors'}")
     return 0
 
 

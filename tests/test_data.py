@@ -251,6 +251,17 @@ def test_real_omniglot_splits(omniglot_dir: Path) -> None:
     assert splits.test.num_classes == 659
 
 
+def test_real_omniglot_background_split(omniglot_dir: Path) -> None:
+    """``background``: training covers every background alphabet, the validation ones included (so they
+    are no longer held out), and the test split is still the unseen evaluation alphabets."""
+    ours, everything = load_splits(omniglot_dir), load_splits(omniglot_dir, scheme="background")
+    assert everything.train.characters == load_split(omniglot_dir, "background").characters
+    assert everything.train.num_classes == 964 and set(everything.val.characters) <= set(everything.train.characters)
+    assert everything.val.characters == ours.val.characters and everything.test.characters == ours.test.characters
+    assert ours.val_held_out and not everything.val_held_out
+    assert set(everything.train.alphabets).isdisjoint(everything.test.alphabets)
+
+
 def test_real_omniglot_character_split(omniglot_dir: Path) -> None:
     """The papers' split: every character in exactly one part, Vinyals et al.'s sizes, test
     characters from alphabets that training has seen, and the same split on every call."""

@@ -127,13 +127,14 @@ def test_target_extrapolation_follows_a_power_law_curve() -> None:
     assert "beyond 100x" in results.target_time("fomaml", evaluated, {**status, "schedule": 50}, slower)
 
 
-def fake_papers_split_run(models: Path, algorithm: str, step: int, schedule: int, folder: str | None = None) -> Path:
-    """``models/<algorithm>-characters`` (or ``folder``) with placeholder weights and the metadata the table reads."""
+def fake_run(models: Path, algorithm: str, step: int, schedule: int, folder: str | None = None) -> Path:
+    """``models/<algorithm>-characters`` (or ``folder``) with placeholder weights and the metadata the table reads
+    (not the split scheme: the folder's name says which table a run belongs to)."""
     run = models / (folder or f"{algorithm}-characters")
     run.mkdir()
     (run / "model.safetensors").write_bytes(f"{algorithm} weights".encode())
     (run / "model.json").write_text(json.dumps({"algorithm": algorithm, "meta_step": step, "val_accuracy": 0.9,
-                                                "train": {"meta_steps": schedule, "split_scheme": "characters"},
+                                                "train": {"meta_steps": schedule},
                                                 "pieces": [], "wall_clock_seconds": 2.0}))
     return run
 
@@ -142,7 +143,7 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
     """A run on the papers' character split is shown apart from the shipped rows, beside its paper."""
     assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
     assert "On the papers' split" not in (tmp_path / "RESULTS.md").read_text()
-    run = fake_papers_split_run(tmp_path, "protonet", 10, 40)
+    run = fake_run(tmp_path, "protonet", 10, 40)
     stored = {"algorithm": "protonet", "ways": 20, "shots": 1, "tasks": 7, "accuracy": 0.962, "ci95": 0.003,
               "inner_steps": 0, "optimizer": None, "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}
     path = results.evaluation_path(tmp_path, "protonet-characters", 20, 1)
@@ -162,7 +163,7 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
         tmp_path / "RESULTS.md").read_text()
 
     # A MAML-family run gets a transductive row too, as in the main table.
-    run = fake_papers_split_run(tmp_path, "maml", 4, 8)
+    run = fake_run(tmp_path, "maml", 4, 8)
     steps, optimizer = results.test_settings(run / "model")
     for transductive, accuracy in ((False, 0.955), (True, 0.97)):
         path = results.evaluation_path(tmp_path, "maml-characters", 5, 1, transductive)
@@ -182,7 +183,7 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
 
     # With the shipped maml evaluated too, the split's worth at the targets' settings, and the verdicts.
     assert "What the split is worth" not in section
-    shipped = fake_papers_split_run(tmp_path, "maml", 4, 8, folder="maml")
+    shipped = fake_run(tmp_path, "maml", 4, 8, folder="maml")
     path = results.evaluation_path(tmp_path, "maml", 5, 1)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({**stored, "algorithm": "maml", "ways": 5, "accuracy": 0.93, "inner_steps": steps,
@@ -192,3 +193,26 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
     section = (tmp_path / "RESULTS.md").read_text().split("## On the papers' split")[1]
     assert ("| maml-characters | +2.50 | — | 5w1s missed by 3.2 pt | 5w1s missed by 5.7 pt |") in section
     assert "| protonet-characters |" not in section  # no shipped protonet to compare with
+
+
+def test_runs_on_all_background_alphabets_are_compared_with_the_shipped_run(tmp_path: Path) -> None:
+    """A run trained on the validation alphabets too (``<algorithm>-background``) gets its own section,
+    not the papers' split's, with what those alphabets are worth against the shipped run."""
+    def evaluated(folder: str, accuracy: float) -> None:
+        run = fake_run(tmp_path, "protonet", 10, 40, folder=folder)
+        path = results.evaluation_path(tmp_path, folder, 5, 1)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"algorithm": "protonet", "ways": 5, "shots": 1, "tasks": 7, "accuracy": accuracy,
+                                    "ci95": 0.003, "inner_steps": 0, "optimizer": None,
+                                    "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}))
+
+    evaluated("protonet-background", 0.989)
+    evaluated("protonet", 0.983)
+    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "## On the papers' split" not in table
+    section = table.split("## On all 30 background alphabets")[1]
+    assert "| **protonet-background** (protonet, ours) | 98.90 ± 0.30 | not evaluated |" in section
+    assert "| Prototypical Networks (Snell et al. 2017) | 98.80 |" in section
+    assert "| protonet-background | +0.60 | — | 5w1s met | 5w1s missed by 0.5 pt |" in section
+    assert "5w1s: all background alphabets − ours" in section

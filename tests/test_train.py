@@ -277,3 +277,21 @@ def test_the_split_scheme_is_the_runs_own_through_resume_and_evaluation(tmp_path
     papers = load_splits(omniglot_dir, scheme="characters", progress=False)
     assert drawn_from == [papers.test.characters, papers.val.characters,
                           load_splits(omniglot_dir, progress=False).test.characters]
+
+
+def test_training_on_the_validation_characters_keeps_the_latest_checkpoint(tmp_path: Path, omniglot_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``--split-scheme background`` training sees the validation alphabets, so their accuracy cannot
+    pick a checkpoint: model.* is the latest validated step even when an earlier one validated better.
+    Under the default scheme the better one stays."""
+    scores = iter([0.9, 0.5, 0.9, 0.5])  # each run validates at steps 4 and 8
+    monkeypatch.setattr(train.Trainer, "validate", lambda self: next(scores))
+    steps = {}
+    for scheme in ("alphabets", "background"):
+        out = tmp_path / scheme
+        run_train("--algorithm", "fomaml", "--out", str(out), "--meta-steps", "8", "--split-scheme", scheme, *SMALL,
+                  data_dir=omniglot_dir)
+        metadata = read_metadata(out / "model")
+        steps[scheme] = (metadata["meta_step"], metadata["val_accuracy"])
+    assert steps == {"alphabets": (4, 0.9), "background": (8, 0.5)}
+    assert read_metadata(tmp_path / "background" / "model")["val_setting"].endswith("not model selection)")

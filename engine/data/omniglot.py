@@ -48,7 +48,7 @@ VALIDATION_ALPHABETS: tuple[str, ...] = (
 )
 """Background alphabets held out for validation / model selection (never trained on)."""
 
-SplitScheme = Literal["alphabets", "characters"]
+SplitScheme = Literal["alphabets", "characters", "background"]
 SPLIT_SCHEMES: tuple[SplitScheme, ...] = get_args(SplitScheme)
 """How characters are divided between meta-training, validation and test (:func:`load_splits`)."""
 
@@ -60,6 +60,7 @@ CHARACTER_SPLIT_SEED = 0
 VALIDATION_SOURCES: dict[str, str] = {
     "alphabets": "the held-out background alphabets",
     "characters": f"the character split's {CHARACTER_SPLIT_SIZES[1]} validation characters",
+    "background": "the validation alphabets, trained on too under this scheme (a fit curve, not model selection)",
 }
 """Where each scheme's validation (model selection) tasks come from, in words."""
 
@@ -132,6 +133,9 @@ class Splits:
     train: CharacterSet
     val: CharacterSet
     test: CharacterSet
+    # False when training sees the validation characters too: their accuracy then shows fit only and
+    # cannot pick a checkpoint (engine.train keeps the latest instead).
+    val_held_out: bool = True
 
 
 # --------------------------------------------------------------------------- image ops
@@ -357,7 +361,9 @@ def character_splits(background: CharacterSet, evaluation: CharacterSet, seed: i
 def load_splits(data_dir: Path | str | None = None, *, progress: bool = True,
                 scheme: SplitScheme | str = "alphabets") -> Splits:
     """``alphabets`` (ours, the default): train = background minus :data:`VALIDATION_ALPHABETS`,
-    val = those, test = evaluation, so test alphabets are unseen. ``characters``: the papers' split
+    val = those, test = evaluation, so test alphabets are unseen. ``background``: the same, but training
+    also covers the validation alphabets (all 964 background characters), as a final model is trained once
+    its schedule is chosen (Snell et al. trained on train + validation). ``characters``: the papers' split
     (:func:`character_splits`)."""
     if scheme not in SPLIT_SCHEMES:
         raise ValueError(f"split scheme must be one of {SPLIT_SCHEMES}, got {scheme!r}")
@@ -370,8 +376,10 @@ def load_splits(data_dir: Path | str | None = None, *, progress: bool = True,
             "background split must contain some but not all of the validation alphabets "
             f"{VALIDATION_ALPHABETS}; found alphabets {background.alphabet_names}"
         )
+    trains_on_val = scheme == "background"
     return Splits(
-        train=background.subset(~is_val),
+        train=background if trains_on_val else background.subset(~is_val),
         val=background.subset(is_val),
         test=load_split(data_dir, "evaluation", progress=progress),
+        val_held_out=not trains_on_val,
     )
