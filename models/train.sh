@@ -9,14 +9,14 @@ cd "$(dirname "$0")/.."
 run=${1:?usage: models/train.sh ALGORITHM}  # or a candidate run's name (below)
 # Candidates, not shipped: ALGORITHM-characters is ALGORITHM's configuration on the papers' split (random
 # characters of all 50 alphabets: 1028 train, 172 validation, 423 test), to measure what our
-# unseen-alphabet split costs (models/RESULTS.md's last table).
+# unseen-alphabet split costs (models/RESULTS.md's section "On the papers' split").
 config=${run%-characters}
 split=()
 [ "$config" != "$run" ] && split=(--split-scheme characters)
 # Candidate, not shipped: ALGORITHM-background trains on all 30 background alphabets, the 5 validation
 # alphabets too, as a final model is trained once validation has chosen its schedule (Snell et al. trained
 # on train + validation); it keeps the last step, since validation can no longer select one. Test: the
-# same unseen evaluation alphabets as the shipped run (models/RESULTS.md's table on this split).
+# same unseen evaluation alphabets as the shipped run (models/RESULTS.md's section "On all 30 background alphabets").
 if [ "${run%-background}" != "$run" ]; then config=${run%-background}; split=(--split-scheme background); fi
 algorithm=$config
 python=${PYTHON:-.venv/bin/python}
@@ -38,6 +38,13 @@ case "$config" in
   metasgd)  args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 1 --inner-lr 0.4
                   --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
   mc1|mc2)  args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 1 --inner-lr 0.4
+                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
+  # Candidates, not shipped: the same with 2 inner steps. From the zero head, the first step moves only the
+  # head (the backbone's gradient passes through zero weights), so with 1 step every backbone learning rate or
+  # curvature matrix gets no meta-gradient and stays at its start (models/RESULTS.md's notes).
+  metasgd-2steps|mc2-2steps)
+            algorithm=${config%-2steps}
+            args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 2 --inner-lr 0.4
                   --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
   reptile)  args=("${reptile[@]}" --meta-steps 10000 --val-every 250 "${val[@]}") ;;
   # Candidate, not shipped: the paper's 100k meta-steps (models/RESULTS.md's reptile note). It replaces
