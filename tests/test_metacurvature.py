@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
+from engine import kernels
+from engine.learners.gradient import META_PREFIX
 from engine.learners.metacurvature import MC_PREFIX, curvature_transform
+from engine.learners.metasgd import LR_PREFIX
 from test_learners import make, meta_gradient, tasks, to_double
 
 
@@ -47,3 +52,21 @@ def test_learned_curvature_changes_adaptation() -> None:
     learner.params[MC_PREFIX + "conv2.weight.in"] = (2 * torch.eye(learner.backbone.channels)).requires_grad_(True)
     after = learner.adapt(task.support_x, task.support_y, 3).predict_proba(task.query_x)
     assert not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize(("name", "head_entry"), [("metasgd", LR_PREFIX + "head.weight"),
+                                                   ("mc2", MC_PREFIX + "head.weight.in")])
+def test_one_inner_step_from_the_zero_head_meta_learns_only_the_heads_entry(name: str, head_entry: str) -> None:
+    """The first inner step from the zero head moves only the head, so with one step the backbone's
+    learned rates or curvature matrices get no meta-gradient (models/RESULTS.md's note on the 1-step
+    runs); from the second step on, every one does."""
+    batch = tasks(2, dtype=torch.float64)
+    for steps, fused in itertools.product((1, 2), (True, False)):  # the closed-form first step and plain autograd
+        learner = to_double(make(name, inner_steps=steps, inner_lr=0.3))
+        with kernels.fused(fused):
+            grads = meta_gradient(learner, batch)
+        meta = [k for k in learner.params if k.startswith(META_PREFIX) and k != head_entry]
+        assert grads[head_entry].abs().max() > 1e-6
+        # The head bias's first step is exactly zero too (balanced support), up to rounding (1e-34).
+        moved = [k for k in meta if grads[k].abs().max() > 1e-12]
+        assert moved == ([] if steps == 1 else meta), (steps, fused, moved)
