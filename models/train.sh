@@ -10,14 +10,15 @@ run=${1:?usage: models/train.sh ALGORITHM}  # or a candidate run's name (below)
 # Candidates, not shipped: ALGORITHM-characters is ALGORITHM's configuration on the papers' split (random
 # characters of all 50 alphabets: 1028 train, 172 validation, 423 test), to measure what our
 # unseen-alphabet split costs (models/RESULTS.md's section "On the papers' split").
-config=${run%-characters}
+# ALGORITHM-background trains on all 30 background alphabets, the 5 validation alphabets too, as a final
+# model is trained once validation has chosen its schedule (Snell et al. trained on train + validation); it
+# keeps the last step, since validation can no longer select one. Test: the same unseen evaluation
+# alphabets as the shipped run (models/RESULTS.md's section "On all 30 background alphabets").
+config=$run
 split=()
-[ "$config" != "$run" ] && split=(--split-scheme characters)
-# Candidate, not shipped: ALGORITHM-background trains on all 30 background alphabets, the 5 validation
-# alphabets too, as a final model is trained once validation has chosen its schedule (Snell et al. trained
-# on train + validation); it keeps the last step, since validation can no longer select one. Test: the
-# same unseen evaluation alphabets as the shipped run (models/RESULTS.md's section "On all 30 background alphabets").
-if [ "${run%-background}" != "$run" ]; then config=${run%-background}; split=(--split-scheme background); fi
+for scheme in characters background; do
+  if [ "${run%-$scheme}" != "$run" ]; then config=${run%-$scheme}; split=(--split-scheme "$scheme"); fi
+done
 algorithm=$config
 python=${PYTHON:-.venv/bin/python}
 # Validation: 200 fixed 5-way 1-shot tasks from the validation split (model selection only).
@@ -25,27 +26,22 @@ val=(--val-tasks 200)
 protonet=(--ways 60 --shots 1 --queries 5 --meta-batch 1 --meta-steps 20000 --meta-lr-final 0.0001 --val-every 500)
 # The paper's Omniglot schedule: 5 tasks a meta-step drawn with 10 shots, meta step size 1 -> 0, each of the
 # 5 inner steps on a minibatch of 10 images (2 per class).
+# The MAML family's 5-way 1-shot episodes, 16 tasks a meta-step; each adds its schedule and inner steps.
+episodes=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --inner-lr 0.4 --meta-lr-final 0.0001 --val-every 250 "${val[@]}")
 reptile=(--ways 5 --shots 10 --queries 1 --meta-batch 5 --inner-steps 5 --inner-lr 0.4 --inner-shots 2)
 case "$config" in
   # The paper's max-pooling Conv-4 (models/RESULTS.md's protonet note): adapting is one forward pass.
   protonet) args=("${protonet[@]}" --downsample maxpool "${val[@]}")
             # Half the shipped schedule, to fit one session: its validation curve is flat from 2500 episodes.
             [ "$run" = protonet-background ] && args+=(--meta-steps 10000) ;;
-  maml)     args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 20000 --inner-steps 2 --inner-lr 0.4
-                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
-  fomaml)   args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 3 --inner-lr 0.4
-                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
-  metasgd)  args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 1 --inner-lr 0.4
-                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
-  mc1|mc2)  args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 1 --inner-lr 0.4
-                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
+  maml)     args=("${episodes[@]}" --meta-steps 20000 --inner-steps 2) ;;
+  fomaml)   args=("${episodes[@]}" --meta-steps 10000 --inner-steps 3) ;;
+  metasgd|mc1|mc2) args=("${episodes[@]}" --meta-steps 10000 --inner-steps 1) ;;
   # Candidates, not shipped: the same with 2 inner steps. From the zero head, the first step moves only the
   # head (the backbone's gradient passes through zero weights), so with 1 step every backbone learning rate or
   # curvature matrix gets no meta-gradient and stays at its start (models/RESULTS.md's notes).
   metasgd-2steps|mc2-2steps)
-            algorithm=${config%-2steps}
-            args=(--ways 5 --shots 1 --queries 5 --meta-batch 16 --meta-steps 10000 --inner-steps 2 --inner-lr 0.4
-                  --meta-lr-final 0.0001 --val-every 250 "${val[@]}") ;;
+            algorithm=${config%-2steps}; args=("${episodes[@]}" --meta-steps 10000 --inner-steps 2) ;;
   reptile)  args=("${reptile[@]}" --meta-steps 10000 --val-every 250 "${val[@]}") ;;
   # Candidate, not shipped: the paper's 100k meta-steps (models/RESULTS.md's reptile note). It replaces
   # models/reptile only if it evaluates better.
