@@ -8,13 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine import results
-from engine.checkpoint import load_learner, read_metadata
+from engine.checkpoint import build_learner, load_learner, read_metadata
 from engine.data.download import file_digest
 from engine.data.omniglot import load_split
 from engine.data.tasks import task_stream
 from engine.evaluate import score, task_accuracies
+from engine.learners.gradient import META_PREFIX
 from engine.paths import REPO_ROOT
 
 MODELS = REPO_ROOT / "models"
@@ -48,6 +50,24 @@ def test_shipped_checkpoint_is_well_above_chance(name: str, omniglot_dir: Path) 
     tasks = itertools.islice(task_stream(chars, 5, 1, 5, seed=123), TASKS)
     result = score(task_accuracies(learner, tasks))
     assert result.accuracy >= MIN_ACCURACY, f"{name}: {result.accuracy:.3f} on {TASKS} 5-way 1-shot tasks"
+
+
+ONE_STEP_LEARNED = [name for name in ("metasgd", "mc1", "mc2") if name in SHIPPED]
+
+
+@pytest.mark.parametrize("name", ONE_STEP_LEARNED)
+def test_one_step_checkpoints_learned_only_their_heads_entries(name: str) -> None:
+    """What RESULTS.md's metasgd and mc2 notes say of the shipped 1-step runs: every backbone learning
+    rate or curvature matrix is still exactly its initial value; only the head's entries moved. A
+    retrained checkpoint that learns them fails here, so the notes cannot go stale silently."""
+    path = MODELS / name / "model"
+    metadata = read_metadata(path)
+    if metadata["config"]["inner_steps"] != 1:
+        pytest.skip(f"{name} now trains with {metadata['config']['inner_steps']} inner steps")
+    trained, initial = load_learner(path).params, build_learner(metadata).params
+    meta = [key for key in trained if key.startswith(META_PREFIX)]
+    moved = [key for key in meta if not torch.equal(trained[key], initial[key])]
+    assert moved and all(".head." in key for key in moved), moved
 
 
 def test_results_table_from_stored_evaluations(tmp_path: Path) -> None:
