@@ -63,7 +63,8 @@ PUBLISHED: dict[str, Published] = {
 ONE_STEP_NOTE = ("With one inner step it also learns less than its paper: from our zero head (so that one "
                  "checkpoint serves any number of classes) the first step moves only the head, so the backbone's "
                  "{what} get no meta-gradient and stay exactly at their start in this checkpoint; only the head's "
-                 "are meta-learned (`tests/test_metacurvature.py` checks both). The papers meta-learn a head for a "
+                 "are meta-learned (`tests/test_metacurvature.py` checks why, `tests/test_shipped_models.py` the "
+                 "checkpoint). The papers meta-learn a head for a "
                  "fixed number of classes, whose first step moves every layer. The 2-step candidate "
                  "(`bash models/train.sh {name}-2steps`, not shipped, its curve.jsonl) lets the second step "
                  "use them; it replaces this checkpoint only if it evaluates better.")
