@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from engine.checkpoint import CheckpointError, load_learner, read_metadata
 from engine.compare import effective_settings
-from engine.data.omniglot import SPLIT_SCHEMES, DatasetNotFoundError, load_split, load_splits
+from engine.data.omniglot import (SCHEMES_TESTING_ON_EVALUATION, SPLIT_SCHEMES, DatasetNotFoundError, load_split,
+                                  load_splits)
 from engine.data.tasks import Task, task_stream
 from engine.device import keep_freed_memory, resolve_device
 from engine.learners import AdaptSettings, Learner
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         learner = load_learner(args.checkpoint, device)
         if args.split_scheme is None:
             args.split_scheme = read_metadata(args.checkpoint).get("train", {}).get("split_scheme", "alphabets")
-        if args.split == "evaluation" and args.split_scheme != "characters":
+        if args.split == "evaluation" and args.split_scheme in SCHEMES_TESTING_ON_EVALUATION:
             chars = load_split(resolve_data_dir(args.data_dir), "evaluation")  # the test split alone
         else:
             splits = load_splits(resolve_data_dir(args.data_dir), scheme=args.split_scheme)

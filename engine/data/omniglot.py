@@ -52,6 +52,10 @@ SplitScheme = Literal["alphabets", "characters", "background"]
 SPLIT_SCHEMES: tuple[SplitScheme, ...] = get_args(SplitScheme)
 """How characters are divided between meta-training, validation and test (:func:`load_splits`)."""
 
+SCHEMES_TESTING_ON_EVALUATION: frozenset[str] = frozenset({"alphabets", "background"})
+"""Schemes whose test characters are exactly the dataset's evaluation split (unseen alphabets), so a
+test needs only that split loaded; the others draw test characters from both splits."""
+
 CHARACTER_SPLIT_SIZES = (1028, 172, 423)
 """Train / validation / test characters of the ``characters`` scheme: Vinyals et al.'s sizes (2016),
 also ProtoNet's; MAML's and Reptile's code trains on the first two together (1200) and tests on 423."""
@@ -368,7 +372,7 @@ def load_splits(data_dir: Path | str | None = None, *, progress: bool = True,
     if scheme not in SPLIT_SCHEMES:
         raise ValueError(f"split scheme must be one of {SPLIT_SCHEMES}, got {scheme!r}")
     background = load_split(data_dir, "background", progress=progress)
-    if scheme == "characters":
+    if scheme not in SCHEMES_TESTING_ON_EVALUATION:
         return character_splits(background, load_split(data_dir, "evaluation", progress=progress))
     is_val = np.array([a in VALIDATION_ALPHABETS for a in background.alphabets], dtype=bool)
     if is_val.all() or not is_val.any():
