@@ -76,8 +76,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults
         flag = "--" + spec.name.replace("_", "-")
         if isinstance(default, bool):
             group.add_argument(flag, type=parse_bool, default=default, metavar="BOOL", help=f"(default {default})")
-        elif default is None:
-            group.add_argument(flag, type=parse_optional_float, default=None, help="(default: none)")
+        elif default is None:  # an optional number: an int where the field is declared one
+            parse = parse_optional_int if str(spec.type).startswith("int") else parse_optional_float
+            group.add_argument(flag, type=parse, default=None, help="(default: none)")
         else:
             group.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
 
@@ -92,6 +93,10 @@ def parse_bool(text: str) -> bool:
 
 def parse_optional_float(text: str) -> float | None:
     return None if text.lower() in {"none", ""} else float(text)
+
+
+def parse_optional_int(text: str) -> int | None:
+    return None if text.lower() in {"none", ""} else int(text)
 
 
 def build_parser(algorithm: str | None) -> argparse.ArgumentParser:

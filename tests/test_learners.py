@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.data.omniglot import load_splits
 from engine.data.tasks import Task
 from engine.learners import LEARNERS, AdaptSettings, Learner, get_learner_class
 from engine.learners.gradient import GradientConfig
@@ -14,6 +18,7 @@ from engine.learners.protonet import prototype_logits, prototypes
 from engine.learners.reptile import ReptileConfig
 from engine.nets import BackboneConfig, classify, embed, zero_head
 from engine.optim import INNER_OPTIMIZERS, make_inner_optimizer
+from engine.train import TrainConfig, build_parser
 
 TINY = BackboneConfig(channels=4)
 
@@ -314,3 +319,32 @@ def test_reptile_with_adam_starts_each_tasks_inner_loop_from_fresh_moments() -> 
     take_meta_step(learner, batch)
     for k, value in learner.params.items():
         torch.testing.assert_close(value.detach(), adapted_mean[k])
+
+
+@pytest.mark.parametrize("name", ["maml", "mc2"])
+def test_gradient_learners_train_on_a_range_of_ways_one_shape_per_meta_step(
+        name: str, isolated_cache: Path, tiny_omniglot: Path) -> None:
+    chars = load_splits(tiny_omniglot, progress=False).train
+    config = TrainConfig(ways=6, shots=1, queries=2, meta_batch=3)
+    fixed = get_learner_class(name)(backbone=TINY, seed=0)
+    assert {task.ways for task in fixed.training_batch(chars, config, np.random.default_rng(0))} == {6}
+    cls = get_learner_class(name)
+    mixed = cls(config=cls.config_class(min_train_ways=3, inner_steps=1), backbone=TINY, seed=0)
+    rng = np.random.default_rng(0)
+    batches = [mixed.training_batch(chars, config, rng) for _ in range(40)]
+    assert all(len({task.ways for task in batch}) == 1 for batch in batches)  # one forward pass per batch
+    assert {batch[0].ways for batch in batches} == {3, 4, 5, 6}
+    # A batch of the drawn shape trains: a finite loss with a gradient on the backbone.
+    loss = mixed.meta_loss(batches[0]).loss
+    loss.backward()
+    assert torch.isfinite(loss) and mixed.params["conv1.weight"].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="min_train_ways"):
+        mixed.training_batch(chars, TrainConfig(ways=2), rng)
+
+
+def test_the_training_command_reads_min_train_ways_as_an_int() -> None:
+    parser = build_parser("mc2")
+    ways = parser.parse_args(["--algorithm", "mc2", "--out", "x", "--min-train-ways", "5"]).min_train_ways
+    assert ways == 5 and isinstance(ways, int)
+    assert parser.parse_args(["--algorithm", "mc2", "--out", "x"]).min_train_ways is None
+    assert parser.parse_args(["--algorithm", "mc2", "--out", "x", "--test-inner-lr", "0.5"]).test_inner_lr == 0.5

@@ -161,9 +161,14 @@ class Learner(ABC):
 
     def training_batch(self, chars: "CharacterSet", train: "TrainConfig", rng: np.random.Generator) -> list["Task"]:
         """One meta-step's batch for ``meta_loss``, drawn with the trainer's ``rng`` (saved for
-        ``--resume``). Default: ``meta_batch`` tasks of ``ways``-way ``shots``-shot."""
-        return [sample_task(chars, train.ways, train.shots, train.queries, rng, rotations=train.rotations)
+        ``--resume``). Default: ``meta_batch`` tasks of ``training_ways``-way ``shots``-shot."""
+        ways = self.training_ways(train, rng)
+        return [sample_task(chars, ways, train.shots, train.queries, rng, rotations=train.rotations)
                 for _ in range(train.meta_batch)]
+
+    def training_ways(self, train: "TrainConfig", rng: np.random.Generator) -> int:
+        """The number of classes of one meta-step's tasks (default: always ``--ways``)."""
+        return train.ways
 
     # -- the algorithm -----------------------------------------------------------------------
     @abstractmethod

@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -17,6 +19,9 @@ from engine import kernels
 from engine.learners.base import AdaptSettings, Adapted, Learner, LearnerConfig, StepRecord, Stopwatch, accuracy
 from engine.nets import Params, classify, zero_head
 from engine.optim import INNER_OPTIMIZERS, InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
+
+if TYPE_CHECKING:
+    from engine.train import TrainConfig
 
 # Meta-parameters that are not network weights (e.g. Meta-SGD's learning rates) carry this prefix;
 # they shape the inner loop but are not adapted by it.
@@ -33,6 +38,10 @@ class GradientConfig(LearnerConfig):
     # Defaults for adaptation at test time (the app and evaluation); the app can override them.
     test_inner_steps: int = 10
     test_inner_lr: float | None = None  # None: the training inner_lr
+    # Each meta-step's tasks have a number of classes drawn from min_train_ways..--ways (None: always
+    # --ways), so one checkpoint practises the app's range of N; the zero head fits any N. One shape per
+    # meta-step keeps the batch's one forward pass (MAML.one_pass_query_logits).
+    min_train_ways: int | None = None
 
 
 GradientTransform = Callable[[Params], Params]
@@ -89,6 +98,14 @@ class GradientLearner(Learner):
 
     config: GradientConfig
     config_class = GradientConfig
+
+    def training_ways(self, train: "TrainConfig", rng: np.random.Generator) -> int:
+        low = self.config.min_train_ways
+        if low is None:
+            return train.ways
+        if not 2 <= low <= train.ways:
+            raise ValueError(f"min_train_ways ({low}) must lie in 2..--ways ({train.ways})")
+        return int(rng.integers(low, train.ways + 1))
 
     def requested_lr(self, settings: AdaptSettings | None) -> float | None:
         """The step size ``settings`` ask for: theirs, else the default of an inner optimizer they

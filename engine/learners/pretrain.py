@@ -51,8 +51,9 @@ OMNIGLOT_TRAIN_CLASSES = 788 * ROTATIONS
 
 @dataclass
 class PretrainConfig(GradientConfig):
-    """``meta_lr`` is the classifier's learning rate; ``inner_steps`` is unused (no inner loop in
-    training); ``inner_lr`` / ``test_inner_*`` set the fine-tuning steps at adaptation."""
+    """``meta_lr`` is the classifier's learning rate; ``inner_steps`` and ``min_train_ways`` are unused
+    (no inner loop or episodes in training); ``inner_lr`` / ``test_inner_*`` set the fine-tuning steps
+    at adaptation."""
 
     num_classes: int = OMNIGLOT_TRAIN_CLASSES
     batch_size: int = 128  # images per training step
