@@ -133,19 +133,20 @@ MUST_MATCH = {"maml", "protonet"}
 
 
 @dataclass(frozen=True)
-class CandidateSplit:
-    """Runs of a shipped configuration on another split (``bash models/train.sh ALGORITHM<suffix>``): not
-    shipped, shown in a section of their own beside the published figures and against the shipped runs."""
+class CandidateSection:
+    """Candidate runs (``bash models/train.sh ALGORITHM<suffix>``) that change one thing about a shipped
+    configuration, its split or a setting: not shipped, shown in a section of their own beside the
+    published figures and against the shipped runs."""
 
-    suffix: str  # run folder = algorithm + suffix
+    suffixes: tuple[str, ...]  # run folder = algorithm + one of these
     name: str  # "the papers' split", as a verdict column says "targets on <name>"
     heading: str
     intro: tuple[str, ...]
     worth: str  # what "candidate minus shipped" measures, for the comparison's caption
 
 
-PAPERS_SPLIT = CandidateSplit(
-    "-characters", "the papers' split", "On the papers' split", (
+PAPERS_SPLIT = CandidateSection(
+    ("-characters",), "the papers' split", "On the papers' split", (
         "What our split costs, measured: the same configuration trained and tested on a split like the",
         "papers' (`--split-scheme characters`: all 1623 characters shuffled with a fixed seed, 1028 to train",
         "and 172 to validate, which the papers then train on too, and 423 to test, Vinyals et al.'s sizes;",
@@ -153,8 +154,8 @@ PAPERS_SPLIT = CandidateSplit(
         "test characters, and a transductive row where the main table has one; these candidates are not",
         "shipped (the app's checkpoints are the ones above)."),
     "What the split is worth")
-ALL_BACKGROUND = CandidateSplit(
-    "-background", "all background alphabets", "On all 30 background alphabets", (
+ALL_BACKGROUND = CandidateSection(
+    ("-background",), "all background alphabets", "On all 30 background alphabets", (
         "What the 5 held-out validation alphabets would add as training data: the same configuration",
         "trained on all 964 background characters (`--split-scheme background`), as a final model is",
         "trained once validation has chosen its schedule (Snell et al. trained on their training and",
@@ -162,7 +163,15 @@ ALL_BACKGROUND = CandidateSplit(
         "a checkpoint, so the run keeps its last step. Cells as above, on the same unseen evaluation",
         "alphabets; these candidates are not shipped (the app's checkpoints are the ones above)."),
     "What the validation alphabets are worth")
-CANDIDATE_SPLITS = (PAPERS_SPLIT, ALL_BACKGROUND)
+OTHER_SETTINGS = CandidateSection(
+    ("-2steps", "-ways5to20", "-100k"), "the candidate", "Candidate settings", (
+        "Runs that change one setting of a shipped configuration on our split, each a candidate to replace",
+        "its shipped checkpoint if it evaluates better (models/train.sh says what each changes): `-2steps`",
+        "meta-trains with 2 inner steps instead of 1, `-ways5to20` on episodes of 5 to 20 ways instead of 5,",
+        "`-100k` on the paper's 100k meta-steps. Cells as above, on the same unseen evaluation alphabets;",
+        "a run listed here is not shipped (the app's checkpoints are the ones above)."),
+    "What the change is worth")
+CANDIDATE_SECTIONS = (PAPERS_SPLIT, ALL_BACKGROUND, OTHER_SETTINGS)
 
 
 def setting_name(ways: int, shots: int) -> str:
@@ -176,13 +185,13 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def candidate_runs(models: Path, split: CandidateSplit) -> dict[str, str]:
-    """Run folder -> algorithm of every run on ``split`` with a checkpoint (``<algorithm><suffix>``)."""
+def candidate_runs(models: Path, section: CandidateSection) -> dict[str, str]:
+    """Run folder -> algorithm of every run of ``section`` with a checkpoint (``<algorithm><suffix>``)."""
     runs = {}
     for algorithm in LEARNERS:  # registry order, as the shipped rows
-        run = algorithm + split.suffix
-        if (models / run / "model.safetensors").exists():
-            runs[run] = algorithm
+        for suffix in section.suffixes:
+            if (models / (algorithm + suffix) / "model.safetensors").exists():
+                runs[algorithm + suffix] = algorithm
     return runs
 
 
@@ -429,13 +438,13 @@ def published_rows(algorithm: str) -> list[str]:
     return [f"| {published.source} | " + " | ".join(f"{published.accuracy[s]:.2f}" for s in SETTINGS) + " | | |"]
 
 
-def split_cost_rows(split: CandidateSplit, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
-                    ours: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
-    """Per run on ``split`` whose algorithm ships too: what the split is worth at the targets' settings
-    (the run minus the shipped one, in points), and the target verdicts of both."""
+def split_cost_rows(split: CandidateSection, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
+                    ours: dict[str, dict[tuple[int, int], dict[str, Any]]], algorithms: dict[str, str]) -> list[str]:
+    """Per run of ``split`` whose algorithm (``algorithms[run]``) ships too: what the change is worth at the
+    targets' settings (the run minus the shipped one, in points), and the target verdicts of both."""
     lines = []
     for run, results in evaluations.items():
-        algorithm = run.removesuffix(split.suffix)
+        algorithm = algorithms[run]
         shipped = ours.get(algorithm)
         if shipped is None or not any(s in results and s in shipped for s in TOLERANCE):
             continue
@@ -452,25 +461,26 @@ def split_cost_rows(split: CandidateSplit, evaluations: dict[str, dict[tuple[int
             "| targets on ours |", "|---|---|---|---|---|", *lines]
 
 
-def candidate_section(models: Path, split: CandidateSplit,
+def candidate_section(models: Path, split: CandidateSection,
                       evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
                       transductive: dict[str, dict[tuple[int, int], dict[str, Any]]],
                       ours: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
-    """RESULTS.md's table of the runs on ``split`` (``evaluations``' keys, with whatever evaluations they
-    have, and ``transductive`` ones where made), each beside its paper, and what the split is worth
+    """RESULTS.md's table of the runs of ``split`` (``evaluations``' keys, with whatever evaluations they
+    have, and ``transductive`` ones where made), each beside its paper, and what the change is worth
     against the shipped runs' evaluations (``ours``)."""
     if not evaluations:
         return []
+    algorithms = candidate_runs(models, split)
     lines = ["", f"## {split.heading}", "", *split.intro, "",
              "| run | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |",
              "|" + "---|" * (len(SETTINGS) + 3)]
     for run, results in evaluations.items():
-        algorithm = run.removesuffix(split.suffix)
+        algorithm = algorithms[run]
         curve = f" ([curve]({run}/curve.png))" if (models / run / "curve.png").exists() else ""
         lines += our_rows(run, f"({algorithm}, ours)", algorithm, training_status(models / run), results,
                           transductive.get(run), curve)
         lines += published_rows(algorithm)
-    lines += split_cost_rows(split, evaluations, ours)
+    lines += split_cost_rows(split, evaluations, ours, algorithms)
     lines.append("")
     lines.append("Training: `bash models/train.sh RUN`; validation accuracy and time in each run's model.json.")
     return lines
@@ -479,7 +489,7 @@ def candidate_section(models: Path, split: CandidateSplit,
 def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]], tasks: int,
                  runs: Sequence[str],
                  transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None,
-                 candidates: dict[CandidateSplit, dict[str, dict[tuple[int, int], dict[str, Any]]]] | None = None) -> str:
+                 candidates: dict[CandidateSection, dict[str, dict[tuple[int, int], dict[str, Any]]]] | None = None) -> str:
     """RESULTS.md: the evaluated checkpoints beside the papers, then the training state of every run in
     ``runs``, then the runs on each candidate split (``candidates``). ``transductive`` holds the
     transductive evaluations of all of them, by run folder."""
@@ -571,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models: Path = args.models
     runs = shipped_algorithms(models)
-    candidates = {split: candidate_runs(models, split) for split in CANDIDATE_SPLITS}
+    candidates = {section: candidate_runs(models, section) for section in CANDIDATE_SECTIONS}
     requested = [] if args.table_only else (args.algorithms or runs + [run for split_runs in candidates.values()
                                                                           for run in split_runs])
     evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
@@ -591,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = results_of(algorithm, variant)
             if results:
                 table[algorithm] = results
-    candidate_results: dict[CandidateSplit, dict[str, dict[tuple[int, int], dict[str, Any]]]] = {}
+    candidate_results: dict[CandidateSection, dict[str, dict[tuple[int, int], dict[str, Any]]]] = {}
     for split, split_runs in candidates.items():
         candidate_results[split] = {}
         for run, algorithm in split_runs.items():

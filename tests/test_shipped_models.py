@@ -215,19 +215,22 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
     assert "| protonet-characters |" not in section  # no shipped protonet to compare with
 
 
+def evaluated_run(models: Path, folder: str, algorithm: str, accuracy: float) -> None:
+    """A fake run in ``models/<folder>`` with a stored 5-way 1-shot evaluation of ``accuracy``."""
+    run = fake_run(models, algorithm, 10, 40, folder=folder)
+    steps, optimizer = results.test_settings(run / "model")
+    path = results.evaluation_path(models, folder, 5, 1)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"algorithm": algorithm, "ways": 5, "shots": 1, "tasks": 7, "accuracy": accuracy,
+                                "ci95": 0.003, "inner_steps": steps, "optimizer": optimizer,
+                                "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}))
+
+
 def test_runs_on_all_background_alphabets_are_compared_with_the_shipped_run(tmp_path: Path) -> None:
     """A run trained on the validation alphabets too (``<algorithm>-background``) gets its own section,
     not the papers' split's, with what those alphabets are worth against the shipped run."""
-    def evaluated(folder: str, accuracy: float) -> None:
-        run = fake_run(tmp_path, "protonet", 10, 40, folder=folder)
-        path = results.evaluation_path(tmp_path, folder, 5, 1)
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"algorithm": "protonet", "ways": 5, "shots": 1, "tasks": 7, "accuracy": accuracy,
-                                    "ci95": 0.003, "inner_steps": 0, "optimizer": None,
-                                    "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}))
-
-    evaluated("protonet-background", 0.989)
-    evaluated("protonet", 0.983)
+    evaluated_run(tmp_path, "protonet-background", "protonet", 0.989)
+    evaluated_run(tmp_path, "protonet", "protonet", 0.983)
     assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
     table = (tmp_path / "RESULTS.md").read_text()
     assert "## On the papers' split" not in table
@@ -236,3 +239,19 @@ def test_runs_on_all_background_alphabets_are_compared_with_the_shipped_run(tmp_
     assert "| Prototypical Networks (Snell et al. 2017) | 98.80 |" in section
     assert "| protonet-background | +0.60 | — | 5w1s met | 5w1s missed by 0.5 pt |" in section
     assert "5w1s: all background alphabets − ours" in section
+
+
+def test_runs_that_change_one_setting_are_compared_with_the_shipped_run(tmp_path: Path) -> None:
+    """Candidates that change one setting (``mc2-2steps``, ``mc2-ways5to20``: several suffixes, one section)
+    are listed apart from the shipped rows, each against the shipped run of its algorithm."""
+    evaluated_run(tmp_path, "mc2-2steps", "mc2", 0.97)
+    evaluated_run(tmp_path, "mc2-ways5to20", "mc2", 0.95)
+    evaluated_run(tmp_path, "mc2", "mc2", 0.96)
+    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
+    table = (tmp_path / "RESULTS.md").read_text()
+    shipped, section = table.split("## Candidate settings")
+    assert "| **mc2** (ours) | 96.00 ± 0.30 |" in shipped and "mc2-" not in shipped
+    assert "| **mc2-2steps** (mc2, ours) | 97.00 ± 0.30 | not evaluated |" in section
+    assert "| **mc2-ways5to20** (mc2, ours) | 95.00 ± 0.30 | not evaluated |" in section
+    assert "| mc2-2steps | +1.00 | — | 5w1s missed by 1.8 pt | 5w1s missed by 2.8 pt |" in section
+    assert "| mc2-ways5to20 | -1.00 | — | 5w1s missed by 3.8 pt | 5w1s missed by 2.8 pt |" in section
