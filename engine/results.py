@@ -151,6 +151,10 @@ class CandidateSection:
     intro: tuple[str, ...]
     worth: str  # what "candidate minus shipped" measures, for the comparison's caption
 
+    def algorithm_of(self, run: str) -> str:
+        """The algorithm whose configuration the run folder ``run`` (``<algorithm><suffix>``) changes."""
+        return next(run.removesuffix(suffix) for suffix in self.suffixes if run.endswith(suffix))
+
 
 PAPERS_SPLIT = CandidateSection(
     ("-characters",), "the papers' split", "On the papers' split", (
@@ -446,12 +450,12 @@ def published_rows(algorithm: str) -> list[str]:
 
 
 def split_cost_rows(split: CandidateSection, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
-                    ours: dict[str, dict[tuple[int, int], dict[str, Any]]], algorithms: dict[str, str]) -> list[str]:
-    """Per run of ``split`` whose algorithm (``algorithms[run]``) ships too: what the change is worth at the
-    targets' settings (the run minus the shipped one, in points), and the target verdicts of both."""
+                    ours: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
+    """Per run of ``split`` whose algorithm ships too: what the change is worth at the targets' settings
+    (the run minus the shipped one, in points), and the target verdicts of both."""
     lines = []
     for run, results in evaluations.items():
-        algorithm = algorithms[run]
+        algorithm = split.algorithm_of(run)
         shipped = ours.get(algorithm)
         if shipped is None or not any(s in results and s in shipped for s in TOLERANCE):
             continue
@@ -477,17 +481,16 @@ def candidate_section(models: Path, split: CandidateSection,
     against the shipped runs' evaluations (``ours``)."""
     if not evaluations:
         return []
-    algorithms = candidate_runs(models, split)
     lines = ["", f"## {split.heading}", "", *split.intro, "",
              "| run | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |",
              "|" + "---|" * (len(SETTINGS) + 3)]
     for run, results in evaluations.items():
-        algorithm = algorithms[run]
+        algorithm = split.algorithm_of(run)
         curve = f" ([curve]({run}/curve.png))" if (models / run / "curve.png").exists() else ""
         lines += our_rows(run, f"({algorithm}, ours)", algorithm, training_status(models / run), results,
                           transductive.get(run), curve)
         lines += published_rows(algorithm)
-    lines += split_cost_rows(split, evaluations, ours, algorithms)
+    lines += split_cost_rows(split, evaluations, ours)
     lines.append("")
     lines.append("Training: `bash models/train.sh RUN`; validation accuracy and time in each run's model.json.")
     return lines
