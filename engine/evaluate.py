@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from engine.checkpoint import CheckpointError, load_learner, read_metadata
 from engine.compare import effective_settings
-from engine.data.omniglot import (SCHEMES_TESTING_ON_EVALUATION, SPLIT_SCHEMES, DatasetNotFoundError, load_split,
-                                  load_splits)
-from engine.data.tasks import Task, task_stream
+from engine.data.omniglot import (DEFAULT_PIPELINE, PIPELINES, SCHEMES_TESTING_ON_EVALUATION, SPLIT_SCHEMES,
+                                  DatasetNotFoundError, load_split, load_splits)
+from engine.data.tasks import Task, alphabet_task_stream, task_stream
 from engine.device import keep_freed_memory, resolve_device
 from engine.learners import AdaptSettings, Learner
 from engine.paths import resolve_data_dir
@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which characters the splits hold (default: the one the checkpoint was trained "
                              "with): alphabets (ours: unseen test alphabets), background (ours, training on the validation "
                              "alphabets too) or characters (the papers' split)")
+    parser.add_argument("--within-alphabet", action="store_true",
+                        help="draw every task's classes from one alphabet (Lake et al. 2015's 20-way benchmark)")
+    parser.add_argument("--pipeline", choices=PIPELINES, default=DEFAULT_PIPELINE,
+                        help="how drawings become 28x28s: canonical (the app's preprocessing, default) or raw "
+                             "(plain resize, as checkpoints trained before the canonical pipeline saw them)")
     parser.add_argument("--data-dir", default=None, help="Omniglot folder (default: $OMNIGLOT_DIR, then known places)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
@@ -96,9 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.split_scheme is None:
             args.split_scheme = read_metadata(args.checkpoint).get("train", {}).get("split_scheme", "alphabets")
         if args.split == "evaluation" and args.split_scheme in SCHEMES_TESTING_ON_EVALUATION:
-            chars = load_split(resolve_data_dir(args.data_dir), "evaluation")  # the test split alone
+            chars = load_split(resolve_data_dir(args.data_dir), "evaluation", pipeline=args.pipeline)  # test split alone
         else:
-            splits = load_splits(resolve_data_dir(args.data_dir), scheme=args.split_scheme)
+            splits = load_splits(resolve_data_dir(args.data_dir), scheme=args.split_scheme, pipeline=args.pipeline)
             chars = splits.test if args.split == "evaluation" else splits.val
     except (CheckpointError, DatasetNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -110,22 +115,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = AdaptSettings(steps=args.inner_steps, lr=args.inner_lr, optimizer=args.optimizer,
                              finetune=args.finetune)
     # A generator, not a list: 600 tasks of 20-way 5-shot would hold ~1 GB of images at once.
-    tasks = itertools.islice(task_stream(chars, args.ways, args.shots, args.queries, args.seed), args.tasks)
+    stream = alphabet_task_stream if args.within_alphabet else task_stream
+    try:
+        tasks = itertools.islice(stream(chars, args.ways, args.shots, args.queries, args.seed), args.tasks)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     result = score(task_accuracies(learner, tasks, settings, args.transductive, progress=True, total=args.tasks))
     steps, _, optimizer = effective_settings(learner, settings)
     steps = steps or 0  # None: no inner loop
     bn = "query-batch statistics (transductive)" if args.transductive else "support-set statistics"
     finetune = "" if args.finetune is None else f" fine-tuning {args.finetune}"
-    print(f"{learner.name} {args.ways}-way {args.shots}-shot: {100 * result.accuracy:.2f}% "
+    within = " within one alphabet" if args.within_alphabet else ""
+    print(f"{learner.name} {args.ways}-way {args.shots}-shot{within}: {100 * result.accuracy:.2f}% "
           f"+/- {100 * result.ci95:.2f}% (95% CI over {result.tasks} tasks, {steps} inner steps"
           f"{'' if optimizer is None else f' ({optimizer})'}{finetune}, "
-          f"batch norm: {bn})")
+          f"batch norm: {bn}; {args.pipeline} pipeline)")
     if args.json is not None:
         payload = {"algorithm": learner.name, "ways": args.ways, "shots": args.shots, "queries": args.queries,
                    "tasks": result.tasks, "accuracy": result.accuracy, "ci95": result.ci95, "inner_steps": steps,
                    "optimizer": optimizer,
                    "transductive": args.transductive, "finetune": args.finetune, "split": args.split,
-                   "split_scheme": args.split_scheme,
+                   "split_scheme": args.split_scheme, "within_alphabet": args.within_alphabet,
+                   "pipeline": args.pipeline,
                    "seed": args.seed, "checkpoint": str(args.checkpoint)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -31,7 +31,9 @@ from engine.checkpoint import (
     CheckpointError, load_learner, load_tensors, read_json, read_metadata, read_tensor_metadata, save_learner,
     save_tensors, write_json,
 )
-from engine.data.omniglot import VALIDATION_SOURCES, DatasetNotFoundError, Splits, load_splits
+from engine.data.augment import augment_task
+from engine.data.omniglot import (DEFAULT_PIPELINE, LEGACY_PIPELINE, VALIDATION_SOURCES, DatasetNotFoundError, Splits,
+                                  load_splits)
 from engine.data.tasks import fixed_tasks
 from engine.device import describe_device, keep_freed_memory, resolve_device
 from engine.evaluate import score, task_accuracies
@@ -62,6 +64,15 @@ class TrainConfig:
     # (ours: unseen test alphabets), "background" (ours, training on the validation alphabets too)
     # or "characters" (the papers' random character split).
     split_scheme: str = "alphabets"
+    # How each drawing becomes a 28x28 (engine.data.omniglot.PIPELINES): "canonical" is the app's own
+    # preprocessing, so training sees what users' drawings look like to the network.
+    pipeline: str = DEFAULT_PIPELINE
+    # Strength of the handwriting augmentation of every training image (engine.data.augment); 0: none.
+    augment: float = 1.0
+
+
+LEGACY_TRAIN_SETTINGS: dict[str, Any] = {"pipeline": LEGACY_PIPELINE, "augment": 0.0}
+"""What a run whose saved settings predate a field did: resuming it keeps doing that."""
 
 
 VALIDATION_SEED = 2017  # the same validation tasks for every run, so curves are comparable
@@ -238,7 +249,8 @@ class Trainer:
 
     def train_step(self) -> tuple[float, float]:
         c = self.config
-        tasks = [task.to(self.device) for task in self.learner.training_batch(self.splits.train, c, self.rng)]
+        tasks = [augment_task(task, self.rng, c.augment).to(self.device)
+                 for task in self.learner.training_batch(self.splits.train, c, self.rng)]
         self.optimizer.zero_grad(set_to_none=True)
         result = self.learner.meta_loss(tasks)
         result.loss.backward()
@@ -311,13 +323,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {out} holds a {metadata['algorithm']} run, not {args.algorithm}", file=sys.stderr)
             return 2
         # The run's own settings win over the command line, except how long to train.
-        config = TrainConfig(**{**metadata["train"], "meta_steps": config.meta_steps})
+        config = TrainConfig(**{**LEGACY_TRAIN_SETTINGS, **metadata["train"], "meta_steps": config.meta_steps})
     elif (out / "resume.json").exists():
         print(f"error: {out} already holds a run; pass --resume to continue it or choose another --out",
               file=sys.stderr)
         return 2
     try:
-        splits = load_splits(data_dir, scheme=config.split_scheme)  # the resumed run's own scheme
+        splits = load_splits(data_dir, scheme=config.split_scheme, pipeline=config.pipeline)  # the run's own
     except (DatasetNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

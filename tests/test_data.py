@@ -105,7 +105,7 @@ def test_cache_hit_and_invalidation(tiny_omniglot: Path, tmp_path: Path, monkeyp
     assert len(list(cache.glob("omniglot-evaluation-*.npz"))) == 1
     assert sorted(p.name for p in data.iterdir()) == before  # nothing written next to the data
 
-    def fail(_: bytes) -> np.ndarray:
+    def fail(*_: object) -> np.ndarray:
         raise AssertionError("decoded although a valid cache exists")
 
     monkeypatch.setattr(omniglot, "decode_drawing", fail)

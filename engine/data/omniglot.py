@@ -1,20 +1,22 @@
 """Omniglot loading: zip or folder -> decoded 28x28 uint8 arrays, cached on disk.
 
-Every drawing goes through :func:`omniglot_to_28`, the same function the user-image
-preprocessing ends with, so training data and app inputs share one resize code path.
-Decoding all 32k PNGs takes a while, so the result is cached as ``.npz`` in
-:func:`engine.paths.cache_dir`, keyed by the source file's identity (size + mtime).
+By default every drawing goes through :func:`engine.data.preprocess.preprocess_image`, the function
+the app runs on every drawing and upload (the ``canonical`` pipeline), so training, evaluation and the
+app give the network one distribution. Decoding all 32k PNGs takes a few minutes, so the result is
+cached as ``.npz`` in :func:`engine.paths.cache_dir`, keyed by pipeline and the source's identity.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import tempfile
 import warnings
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,19 +27,28 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from engine.data.frames import IMAGE_SIZE, SOURCE_SIZE, from_uint8, omniglot_to_28, to_uint8
+from engine.data.preprocess import ImagePreprocessError, preprocess_image
 from engine.paths import cache_dir, resolve_data_dir
 
 Split = Literal["background", "evaluation"]
 SPLITS: tuple[Split, ...] = get_args(Split)
 
-SOURCE_SIZE = 105
-"""Side of the original Omniglot drawings, in pixels."""
-IMAGE_SIZE = 28
-"""Side of the images every model sees."""
 DRAWINGS_PER_CHARACTER = 20
 """Omniglot has exactly 20 drawings (by 20 people) of every character."""
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 """Bump when decoding or resizing changes, so stale caches are ignored."""
+
+Pipeline = Literal["canonical", "raw"]
+PIPELINES: tuple[Pipeline, ...] = get_args(Pipeline)
+"""How a 105x105 drawing becomes the 28x28 the network sees. ``canonical``: through
+:func:`engine.data.preprocess.preprocess_image`, the function every drawing and upload of the app goes
+through (ink found, thinned and re-drawn with Omniglot's pen at Omniglot's median size and position),
+so training, evaluation and the app see one distribution. ``raw``: the drawing itself resized, as the
+checkpoints trained before the canonical pipeline existed saw it (kept to reproduce them)."""
+DEFAULT_PIPELINE: Pipeline = "canonical"
+LEGACY_PIPELINE: Pipeline = "raw"
+"""The pipeline of runs and evaluations whose metadata predates the ``pipeline`` setting."""
 
 VALIDATION_ALPHABETS: tuple[str, ...] = (
     "Bengali",  # Brahmic abugida, curly strokes
@@ -145,35 +156,32 @@ class Splits:
 # --------------------------------------------------------------------------- image ops
 
 
-def omniglot_to_28(img105_float_inkhigh: np.ndarray) -> np.ndarray:
-    """Resize an ink-high float frame (105x105 for Omniglot) to 28x28 in [0, 1].
-
-    The single resize used for the dataset *and* for user images, so both share
-    exactly the same anti-aliasing (Pillow LANCZOS on a float 'F' image).
-    """
-    frame = np.ascontiguousarray(img105_float_inkhigh, dtype=np.float32)
-    if frame.ndim != 2:
-        raise ValueError(f"expected a 2-D frame, got shape {frame.shape}")
-    small = Image.fromarray(frame).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
-    return np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
-
-
-def to_uint8(images_float: np.ndarray) -> np.ndarray:
-    """Quantise [0, 1] floats to uint8 (rounding, not truncating)."""
-    return np.rint(np.clip(images_float, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
     """uint8 images ``[..., 28, 28]`` -> float32 tensor ``[..., 1, 28, 28]`` in [0, 1]."""
     arr = np.asarray(images_uint8)
     if arr.ndim < 2:
         raise ValueError(f"expected images [..., H, W], got shape {arr.shape}")
-    scaled = arr.astype(np.float32) / np.float32(255.0)
-    return torch.from_numpy(np.expand_dims(scaled, axis=-3))
+    return torch.from_numpy(np.expand_dims(from_uint8(arr), axis=-3))
 
 
-def decode_drawing(png_bytes: bytes) -> np.ndarray:
-    """One Omniglot PNG (white background, black ink) -> uint8 ink-high 28x28."""
+def check_pipeline(pipeline: str) -> Pipeline:
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
+    return pipeline  # type: ignore[return-value]
+
+
+def decode_drawing(png_bytes: bytes, pipeline: Pipeline = DEFAULT_PIPELINE) -> np.ndarray:
+    """One Omniglot PNG (white background, black ink) -> uint8 ink-high 28x28.
+
+    ``canonical`` gives exactly the values the app computes for the same PNG uploaded by a user
+    (:func:`preprocess_image` quantises to uint8 levels too). A drawing the user pipeline cannot read
+    (none in Omniglot's 32,460) would fall back to the plain resize rather than lose a character.
+    """
+    if check_pipeline(pipeline) == "canonical":
+        try:
+            return to_uint8(preprocess_image(png_bytes))
+        except ImagePreprocessError:
+            pass
     with Image.open(io.BytesIO(png_bytes)) as im:
         grey = np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0)
     return to_uint8(omniglot_to_28(1.0 - grey))
@@ -241,22 +249,23 @@ def _source_fingerprint(source: Path) -> dict[str, object]:
     return {"kind": "folder", "files": count, "size": total, "mtime_ns": newest}
 
 
-def cache_path_for(source: Path, split: Split) -> Path:
-    """Cache file name: split + format version + hash of the source's identity."""
+def cache_path_for(source: Path, split: Split, pipeline: Pipeline = DEFAULT_PIPELINE) -> Path:
+    """Cache file name: split + pipeline + format version + hash of the source's identity."""
     ident = {
         "version": CACHE_FORMAT_VERSION,
         "split": split,
+        "pipeline": pipeline,
         "path": str(source.resolve()),
         **_source_fingerprint(source),
     }
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / f"omniglot-{split}-v{CACHE_FORMAT_VERSION}-{digest}.npz"
+    return cache_dir() / f"omniglot-{split}-{pipeline}-v{CACHE_FORMAT_VERSION}-{digest}.npz"
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode_zip(source: Path, split: Split, progress: bool) -> CharacterSet:
+def _decode_zip(source: Path, split: Split, pipeline: Pipeline, progress: bool) -> CharacterSet:
     with zipfile.ZipFile(source) as zf:
         keyed = []
         for name in zf.namelist():
@@ -264,30 +273,50 @@ def _decode_zip(source: Path, split: Split, progress: bool) -> CharacterSet:
             if key is not None:
                 keyed.append((key, name))
         groups = _group_drawings(keyed)
-        return _decode_groups(groups, zf.read, split, progress)
+        return _decode_groups(groups, zf.read, split, pipeline, progress)
 
 
-def _decode_folder(source: Path, split: Split, progress: bool) -> CharacterSet:
+def _decode_folder(source: Path, split: Split, pipeline: Pipeline, progress: bool) -> CharacterSet:
     keyed = []
     for path in source.rglob("*.png"):
         key = _drawing_key(path.relative_to(source).as_posix())
         if key is not None:
             keyed.append((key, str(path)))
     groups = _group_drawings(keyed)
-    return _decode_groups(groups, lambda p: Path(p).read_bytes(), split, progress)
+    return _decode_groups(groups, lambda p: Path(p).read_bytes(), split, pipeline, progress)
+
+
+PARALLEL_DECODE_MIN_CHARACTERS = 64
+"""Decode in worker processes from this many characters on (the canonical pipeline costs ~9 ms a
+drawing: 5 minutes a core for all of Omniglot, once, then cached)."""
+
+
+def _decode_character(pngs: list[bytes], pipeline: Pipeline) -> np.ndarray:
+    return np.stack([decode_drawing(png, pipeline) for png in pngs])
 
 
 def _decode_groups(
-    groups: dict[tuple[str, str], list[str]], read: Callable[[str], bytes], split: Split, progress: bool
+    groups: dict[tuple[str, str], list[str]], read: Callable[[str], bytes], split: Split, pipeline: Pipeline,
+    progress: bool,
 ) -> CharacterSet:
     if not groups:
         raise ValueError(f"no drawings found for split {split!r}")
     images = np.empty((len(groups), DRAWINGS_PER_CHARACTER, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    bar = tqdm(groups.items(), total=len(groups), desc=f"decoding Omniglot {split}", unit="char",
+    pngs = ([read(entry) for entry in entries] for entries in groups.values())
+    workers = os.cpu_count() or 1
+    bar = tqdm(total=len(groups), desc=f"decoding Omniglot {split} ({pipeline})", unit="char",
                disable=None if progress else True)
-    for c, (_, entries) in enumerate(bar):
-        for d, entry in enumerate(entries):
-            images[c, d] = decode_drawing(read(entry))
+    if workers > 1 and len(groups) >= PARALLEL_DECODE_MIN_CHARACTERS:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for c, decoded in enumerate(pool.map(_decode_character, pngs, itertools.repeat(pipeline),
+                                                 chunksize=8)):
+                images[c] = decoded
+                bar.update(1)
+    else:
+        for c, character_pngs in enumerate(pngs):
+            images[c] = _decode_character(character_pngs, pipeline)
+            bar.update(1)
+    bar.close()
     return CharacterSet(
         images=images,
         characters=tuple(f"{a}/{ch}" for a, ch in groups),
@@ -326,20 +355,23 @@ def _load_cache(path: Path) -> CharacterSet | None:
         return None
 
 
-def load_split(data_dir: Path | str | None, split: Split, *, progress: bool = True) -> CharacterSet:
+def load_split(data_dir: Path | str | None, split: Split, *, progress: bool = True,
+               pipeline: Pipeline | str = DEFAULT_PIPELINE) -> CharacterSet:
     """Load one official split as ink-high uint8 ``[C, 20, 28, 28]``, sorted by name.
 
     Reads ``images_<split>.zip`` (preferred) or the extracted folder; the data dir may be
     read-only since the decoded array is cached under :func:`engine.paths.cache_dir`.
+    ``pipeline`` (:data:`PIPELINES`) says how each drawing becomes a 28x28.
     """
     split = _split_name(split)
+    pipeline = check_pipeline(pipeline)
     source = find_source(data_dir, split)
-    cpath = cache_path_for(source, split)
+    cpath = cache_path_for(source, split, pipeline)
     cached = _load_cache(cpath)
     if cached is not None:
         return cached
     decode = _decode_zip if source.is_file() else _decode_folder
-    chars = decode(source, split, progress)
+    chars = decode(source, split, pipeline, progress)
     chars.images.setflags(write=False)
     _save_cache(cpath, chars)
     return chars
@@ -363,17 +395,17 @@ def character_splits(background: CharacterSet, evaluation: CharacterSet, seed: i
 
 
 def load_splits(data_dir: Path | str | None = None, *, progress: bool = True,
-                scheme: SplitScheme | str = "alphabets") -> Splits:
+                scheme: SplitScheme | str = "alphabets", pipeline: Pipeline | str = DEFAULT_PIPELINE) -> Splits:
     """``alphabets`` (ours, the default): train = background minus :data:`VALIDATION_ALPHABETS`,
     val = those, test = evaluation, so test alphabets are unseen. ``background``: the same, but training
     also covers the validation alphabets (all 964 background characters), as a final model is trained once
     its schedule is chosen (Snell et al. trained on train + validation). ``characters``: the papers' split
-    (:func:`character_splits`)."""
+    (:func:`character_splits`). ``pipeline``: see :data:`PIPELINES`."""
     if scheme not in SPLIT_SCHEMES:
         raise ValueError(f"split scheme must be one of {SPLIT_SCHEMES}, got {scheme!r}")
-    background = load_split(data_dir, "background", progress=progress)
+    background = load_split(data_dir, "background", progress=progress, pipeline=pipeline)
     if scheme not in SCHEMES_TESTING_ON_EVALUATION:
-        return character_splits(background, load_split(data_dir, "evaluation", progress=progress))
+        return character_splits(background, load_split(data_dir, "evaluation", progress=progress, pipeline=pipeline))
     is_val = np.array([a in VALIDATION_ALPHABETS for a in background.alphabets], dtype=bool)
     if is_val.all() or not is_val.any():
         raise ValueError(
@@ -384,6 +416,6 @@ def load_splits(data_dir: Path | str | None = None, *, progress: bool = True,
     return Splits(
         train=background if trains_on_val else background.subset(~is_val),
         val=background.subset(is_val),
-        test=load_split(data_dir, "evaluation", progress=progress),
+        test=load_split(data_dir, "evaluation", progress=progress, pipeline=pipeline),
         val_held_out=not trains_on_val,
     )

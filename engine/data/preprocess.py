@@ -2,7 +2,7 @@
 
 Models only ever saw Omniglot: 105x105 binary drawings made with a ~5 px round pen,
 characters about 67 px across, sitting slightly up-left of centre, then resized to
-28x28 by :func:`engine.data.omniglot.omniglot_to_28`. User images differ in almost
+28x28 by :func:`engine.data.frames.omniglot_to_28`. User images differ in almost
 every respect (colour, polarity, transparency, lighting, resolution, pen width,
 size and position), so :func:`preprocess_image` normalises all of them:
 
@@ -16,7 +16,10 @@ size and position), so :func:`preprocess_image` normalises all of them:
    crop to the ink;
 4. thin the strokes to a 1-px skeleton and re-draw it with Omniglot's pen into a
    105x105 frame at Omniglot's typical size and position;
-5. resize with the very same :func:`omniglot_to_28` used for the training data.
+5. resize with :func:`omniglot_to_28` and quantise to uint8 levels.
+
+The dataset goes through this same function (``engine.data.omniglot``'s ``canonical`` pipeline), so
+training, evaluation and the app give the network one distribution.
 
 The constants below were measured on 3,000 random Omniglot drawings (see
 ``tests/test_preprocess.py`` for the checks against the real data).
@@ -31,7 +34,7 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from engine.data.omniglot import SOURCE_SIZE, omniglot_to_28
+from engine.data.frames import SOURCE_SIZE, from_uint8, omniglot_to_28, to_uint8
 
 MAX_PIXELS = 50_000_000
 """Largest accepted image (width x height), checked before decoding the raster."""
@@ -632,10 +635,14 @@ def preprocess_frame(image: Image.Image | bytes | np.ndarray) -> np.ndarray:
 def preprocess_image(image: Image.Image | bytes | np.ndarray) -> np.ndarray:
     """Any user image -> float32 [28, 28] in [0, 1], ink high, like :func:`load_split` data.
 
+    Quantised to the uint8 levels the dataset cache stores, so an Omniglot PNG uploaded by a user
+    reaches the network as exactly the tensor its dataset copy does (the canonical pipeline decodes
+    the dataset with this very function).
+
     Raises :class:`NoInkError`, :class:`UnreadableImageError` or :class:`ImageTooLargeError`
     (all :class:`ImagePreprocessError`, a ``ValueError``) with short user-facing messages.
     """
-    return omniglot_to_28(preprocess_frame(image).astype(np.float32))
+    return from_uint8(to_uint8(omniglot_to_28(preprocess_frame(image).astype(np.float32))))
 
 
 def preprocess_many(images: Iterable[Image.Image | bytes | np.ndarray]) -> np.ndarray:

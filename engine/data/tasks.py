@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.data.frames import from_uint8
 from engine.data.omniglot import CharacterSet
 
 ROTATIONS = 4
@@ -99,7 +100,7 @@ def sample_task(
     stacked = np.concatenate(
         [imgs[:, :shots].reshape(ways * shots, *side), imgs[:, shots:].reshape(ways * queries, *side)]
     )
-    x = torch.from_numpy(stacked.astype(np.float32) * np.float32(1.0 / 255.0)).unsqueeze(1)
+    x = torch.from_numpy(from_uint8(stacked)).unsqueeze(1)
     labels = np.arange(ways, dtype=np.int64)
     names = tuple(
         chars.characters[c] + (f"@{int(k) * 90}" if k else "") for c, k in zip(char_idx, turns, strict=True)
@@ -133,6 +134,34 @@ def task_stream(
     def generate() -> Iterator[Task]:
         while True:
             yield sample_task(chars, ways, shots, queries, rng, rotations=rotations)
+
+    return generate()
+
+
+def alphabet_task_stream(
+    chars: CharacterSet,
+    ways: int,
+    shots: int,
+    queries: int,
+    seed: int,
+) -> Iterator[Task]:
+    """Infinite stream of tasks whose ``ways`` classes all come from one alphabet (Lake et al. 2015's
+    within-alphabet benchmark: how a person confuses characters), the alphabet drawn uniformly among
+    those with at least ``ways`` characters, then the task as :func:`sample_task` draws it."""
+    by_alphabet = {name: np.flatnonzero(np.asarray(chars.alphabets) == name) for name in chars.alphabet_names}
+    eligible = [name for name, members in by_alphabet.items() if len(members) >= ways]
+    if not eligible:
+        largest = max((len(m) for m in by_alphabet.values()), default=0)
+        raise ValueError(f"{ways}-way within-alphabet tasks need an alphabet of {ways} characters; "
+                         f"the largest has {largest}")
+    subsets = {name: chars.subset(by_alphabet[name]) for name in eligible}
+    check_task_args(subsets[eligible[0]], ways, shots, queries)
+    rng = np.random.default_rng(seed)
+
+    def generate() -> Iterator[Task]:
+        while True:
+            alphabet = eligible[int(rng.integers(len(eligible)))]
+            yield sample_task(subsets[alphabet], ways, shots, queries, rng)
 
     return generate()
 
