@@ -121,3 +121,13 @@ def test_the_pad_is_read_from_its_files() -> None:
     assert canvas.PAD_JS == (folder / "pad.js").read_text(encoding="utf-8")
     assert "<canvas" in canvas.PAD_HTML and "export default function" in canvas.PAD_JS
     assert ".bar button" in canvas.PAD_CSS
+
+
+def test_the_page_styles_are_a_file_streamlit_keeps() -> None:
+    """``st.html`` sanitises with DOMPurify, which drops a whole style element whose text looks like
+    markup (a ``<`` before a letter or ``/``): one such comment would silently unstyle the page."""
+    from app import ui
+
+    css = ui.PAGE_CSS.read_text(encoding="utf-8")
+    assert ui.PAGE_CSS.suffix == ".css" and ".st-key-predictions" in css
+    assert "<" not in css
