@@ -211,12 +211,8 @@ def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, w
             result.probabilities = probabilities.numpy()
             result.predictions = probabilities.argmax(dim=1).numpy().astype(np.int64)
             if query_y is not None:
-                labelled = query_y >= 0
-                result.labelled = int(labelled.sum())
-                if result.labelled:
-                    hits = (torch.as_tensor(result.predictions) == query_y) & labelled
-                    result.correct = int(hits.sum())
-                    result.query_accuracy = result.correct / result.labelled
+                result.correct, result.labelled, result.query_accuracy = query_score(result.predictions,
+                                                                                     query_y.tolist())
     except Exception as error:  # noqa: BLE001 - one algorithm's failure must not stop the others
         message = str(error).strip() or type(error).__name__
         result.error = f"{type(error).__name__}: {message}"
@@ -283,6 +279,18 @@ def warm_up(learner: Learner) -> None:
     run_one("warm-up", learner, images, labels, 2, images[:1], AdaptSettings(steps=2))
 
 
+def query_score(predictions: np.ndarray | Sequence[int] | None,
+                query_labels: Sequence[int | None]) -> tuple[int, int, float | None]:
+    """(correct, labelled, accuracy) of per-query predictions against each query's class (None or
+    negative: unlabelled); accuracy is None when no query is labelled, and nothing counts without
+    predictions."""
+    pairs = [(int(predicted), int(label))
+             for predicted, label in zip(predictions if predictions is not None else (), query_labels)
+             if label is not None and label >= 0]
+    correct = sum(predicted == label for predicted, label in pairs)
+    return correct, len(pairs), correct / len(pairs) if pairs else None
+
+
 def ranked(results: Sequence[AlgorithmResult]) -> list[AlgorithmResult]:
     """Best first: highest query accuracy, then lowest final support loss, then fastest; failures last."""
 
@@ -295,6 +303,6 @@ def ranked(results: Sequence[AlgorithmResult]) -> list[AlgorithmResult]:
 
 
 __all__ = [
-    "AlgorithmResult", "TaskInputError", "as_images", "compare", "compare_task", "effective_settings", "ranked",
-    "run_one", "validate_support", "warm_up",
+    "AlgorithmResult", "TaskInputError", "as_images", "compare", "compare_task", "effective_settings", "query_score",
+    "ranked", "run_one", "validate_support", "warm_up",
 ]

@@ -18,9 +18,9 @@ import torch
 from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
+from app import resources
 from app.canvas import png_data_url
-from app import ui
-from app.ui import query_label_key
+from app.state import query_label_key
 from engine.checkpoint import save_learner
 from engine.learners import LEARNERS
 from engine.nets import BackboneConfig
@@ -395,12 +395,10 @@ def test_sessions_are_isolated_and_models_are_shared_read_only(models_dir: Path)
     fill_task(first, 2, queries=(0,))
     assert workspace(second).support_count() == 0 and workspace(second).queries == []
     assert workspace(first) is not workspace(second)
-    from app import ui
-
-    models = ui.get_models()
+    models = resources.get_models()
     snapshot = {n: {k: v.clone() for k, v in e.learner.params.items()} for n, e in models.items() if e.learner}
     fill_task(second, 2, queries=(1,))
-    assert ui.get_models() is models  # loaded once per process
+    assert resources.get_models() is models  # loaded once per process
     for name, params in snapshot.items():
         for key, value in params.items():
             assert torch.equal(models[name].learner.params[key], value)
@@ -468,11 +466,11 @@ def test_a_task_link_brings_the_sampled_task_back(models_dir: Path, tiny_omniglo
 def test_comparisons_spread_algorithms_over_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """One algorithm per core by default (never more workers than algorithms); the environment
     variable overrides it."""
-    monkeypatch.delenv(ui.WORKERS_ENV, raising=False)
-    monkeypatch.setenv(ui.THREADS_ENV, "1")
-    monkeypatch.setattr(ui.os, "cpu_count", lambda: 2)
-    assert ui.compute_workers(9) == 2 and ui.compute_workers(1) == 1
-    monkeypatch.setattr(ui.os, "cpu_count", lambda: 16)
-    assert ui.compute_workers(9) == 4
-    monkeypatch.setenv(ui.WORKERS_ENV, "1")
-    assert ui.compute_workers(9) == 1
+    monkeypatch.delenv(resources.WORKERS_ENV, raising=False)
+    monkeypatch.setenv(resources.THREADS_ENV, "1")
+    monkeypatch.setattr(resources.os, "cpu_count", lambda: 2)
+    assert resources.compute_workers(9) == 2 and resources.compute_workers(1) == 1
+    monkeypatch.setattr(resources.os, "cpu_count", lambda: 16)
+    assert resources.compute_workers(9) == 4
+    monkeypatch.setenv(resources.WORKERS_ENV, "1")
+    assert resources.compute_workers(9) == 1

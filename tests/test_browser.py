@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from app.browser import chromium_path, load, new_page, serve_app, wait_idle
+from tools.browser import chromium_path, load, new_page, serve_app, wait_idle
 from engine.checkpoint import save_learner
 from engine.learners import LEARNERS
 from engine.nets import BackboneConfig

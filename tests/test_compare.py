@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.compare import (
-    AlgorithmResult, TaskInputError, as_images, compare, compare_task, effective_settings, ranked,
+    AlgorithmResult, TaskInputError, as_images, compare, compare_task, effective_settings, query_score, ranked,
 )
 from engine.data.tasks import Task
 from engine.learners import LEARNERS, AdaptSettings, Learner
@@ -180,3 +180,23 @@ def test_workers_start_the_longest_inner_loops_first_and_keep_the_result_order(
     assert set(started[:2]) == {"maml", "reptile"}, started  # the two most steps
     quick = [name for name, model in models.items() if not model.has_inner_loop]
     assert quick and set(started[-len(quick):]) == set(quick), started
+
+
+def test_query_score_counts_only_labelled_queries() -> None:
+    """None and -1 mark an unlabelled query (the app and the engine's labels); no label, no accuracy."""
+    predictions = np.array([0, 1, 2, 1])
+    assert query_score(predictions, [0, None, 1, -1]) == (1, 2, 0.5)
+    assert query_score(predictions, [0, 1, 2, 1]) == (4, 4, 1.0)
+    assert query_score(predictions, [None, None, -1, -1]) == (0, 0, None)
+    assert query_score(None, [0, 1, 2, 1]) == (0, 0, None)  # a failed algorithm scores nothing
+
+
+def test_compare_scores_queries_as_query_score_does() -> None:
+    support_x, support_y = blobs(3, 2)
+    query_x, _ = blobs(3, 2, seed=3)
+    labels = np.array([0, -1, 1, 1, -1, 2])
+    for result in compare(learners(), support_x, support_y, 3, query_x, AdaptSettings(steps=2), labels):
+        assert result.ok, result.error
+        expected = query_score(result.predictions, labels.tolist())
+        assert (result.correct, result.labelled, result.query_accuracy) == expected
+        assert result.labelled == 4

@@ -1,8 +1,8 @@
-"""Re-create the README's screenshot: ``python -m app.screenshot [--out assets/app-results.png]``.
+"""Re-create the README's screenshot: ``python -m tools.screenshot [--out assets/app-results.png]``.
 
 Starts the app on the checkpoints in the models folder (``$META_PLAYGROUND_MODELS`` or ``models/``),
 opens the Omniglot task link (evaluation split; needs the dataset), waits for the comparison and saves
-the top of the page. Needs ``playwright`` and Chromium (see :mod:`app.browser`).
+the top of the page. Needs ``playwright`` and Chromium (see :mod:`tools.browser`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.browser import load, new_page, serve_app, wait_idle  # noqa: E402
+from tools.browser import load, new_page, serve_app, wait_idle  # noqa: E402
 
 
 def main() -> None:

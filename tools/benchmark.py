@@ -1,4 +1,4 @@
-"""How fast does the app answer? ``python -m app.benchmark [--browser]``.
+"""How fast does the app answer? ``python -m tools.benchmark [--browser]``.
 
 Measures, for an N-way K-shot task drawn by the user (default 5-way 1-shot, 5 queries) and every
 registered algorithm:
@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from app import state  # noqa: E402
 from app.models import MODELS_ENV, load_models, models_dir  # noqa: E402
+from app.workspace import class_target  # noqa: E402
 from engine.checkpoint import save_learner  # noqa: E402
 from engine.compare import compare  # noqa: E402
 from engine.learners import LEARNERS, AdaptSettings, Learner  # noqa: E402
@@ -76,7 +78,7 @@ def _stats(values: list[float]) -> str:
 
 
 def bench_compare(learners: dict[str, Learner], ways: int, shots: int, queries: int, repeats: int) -> None:
-    from app.ui import compute_threads
+    from app.resources import compute_threads
     from engine.data.preprocess import preprocess_image
     from engine.device import keep_freed_memory
 
@@ -108,7 +110,7 @@ def bench_app(directory: Path, ways: int, shots: int, queries: int, repeats: int
 
     os.environ[MODELS_ENV] = str(directory)
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300)
-    at.session_state["ways"], at.session_state["shots"] = ways, shots
+    at.session_state[state.WAYS], at.session_state[state.SHOTS] = ways, shots
     at.run()
     drawings = _drawings(ways * shots + queries + repeats, seed=1)
 
@@ -121,13 +123,14 @@ def bench_app(directory: Path, ways: int, shots: int, queries: int, repeats: int
         return (time.perf_counter() - start) * 1000
 
     for index in range(ways * shots):
-        add(f"pad-class-{index // shots}", drawings[index])
+        add(state.pad_key(class_target(index // shots)), drawings[index])
     for index in range(queries - 1):
-        add("pad-queries", drawings[ways * shots + index])
+        add(state.QUERY_PAD, drawings[ways * shots + index])
     runs = []
     for index in range(repeats):  # each new query: all algorithms adapt and the page is rebuilt
-        runs.append(add("pad-queries", drawings[ways * shots + queries - 1 + index]))
-        at.button(key=f"qdel-{at.session_state['ws'].queries[-1].example.id}").click().run()
+        runs.append(add(state.QUERY_PAD, drawings[ways * shots + queries - 1 + index]))
+        newest = at.session_state[state.WORKSPACE].queries[-1].example.id
+        at.button(key=state.delete_query_key(newest)).click().run()
     print(f"\n2. app script run (AppTest) from a new drawing to the rebuilt results page, {ways}-way {shots}-shot")
     print(f"   {'page':10s} {_stats(runs)}")
 
@@ -135,7 +138,7 @@ def bench_app(directory: Path, ways: int, shots: int, queries: int, repeats: int
 def bench_browser(directory: Path, repeats: int) -> None:
     from playwright.sync_api import sync_playwright
 
-    from app.browser import chromium_path, load, new_page, serve_app, wait_idle
+    from tools.browser import chromium_path, load, new_page, serve_app, wait_idle
     from tests.test_browser import SHAPES, draw_and_add, stroke
 
     if chromium_path() is None:
