@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.workspace import example_from_bytes
+from app.images import example_from_bytes
 from engine import evaluate, train
 from engine.checkpoint import read_metadata
 from engine.compare import as_images
