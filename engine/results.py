@@ -265,8 +265,8 @@ def section_of(run: Run, shipped: Mapping[str, Run]) -> tuple[CandidateSection, 
 
 
 def evaluation_path(models: Path, run: str, ways: int, shots: int, transductive: bool = False) -> Path:
-    """Where ``run``'s evaluation is stored (``run``: its folder in models/, the algorithm's name for
-    a shipped run)."""
+    """Where ``run``'s evaluation is stored (``run``: a candidate's folder name in runs/, the algorithm's
+    name for a shipped run)."""
     suffix = "-transductive" if transductive else ""
     return models / "eval" / run / f"{setting_name(ways, shots)}{suffix}.json"
 
