@@ -1,23 +1,34 @@
 """The results table of the shipped checkpoints, beside the papers' figures.
 
     python -m engine.results                      # evaluate what changed, redraw curves, write models/RESULTS.md
-    python -m engine.results --table-only         # rewrite RESULTS.md from the stored evaluations
+    python -m engine.results --table-only         # rewrite RESULTS.md from the committed JSON only
+    python -m engine.results --publish runs/maml  # ship a run: copy its checkpoint into models/maml
 
-For every algorithm with a checkpoint in ``--models`` and every setting (5-way 1-shot, 5-way 5-shot,
-20-way 1-shot, 20-way 5-shot) it runs ``python -m engine.evaluate`` on ``--tasks`` evaluation-split
-tasks and stores the JSON in ``<models>/eval/<algorithm>/``, keyed by the checkpoint's SHA-256, so a
-rerun only evaluates checkpoints that changed. It draws each run's learning curve (validation
-accuracy against meta-steps and against training time) into ``<models>/<algorithm>/curve.png`` and
-writes ``<models>/RESULTS.md``.
+Shipped runs are ``<models>/<algorithm>/model.*`` (the app loads them); training writes into ``runs/<run>``
+(ignored by git: ``resume.*``, ``last.*``, ``curve.jsonl`` and the checkpoint), and ``--publish`` copies a run's
+checkpoint into ``<models>/<algorithm>/``. Candidate runs stay in ``runs/``. For every shipped or candidate run
+and every setting (5-way 1-shot, 5-way 5-shot, 20-way 1-shot, 20-way 5-shot) it runs ``python -m
+engine.evaluate`` on ``--tasks`` evaluation-split tasks and stores the JSON in ``<models>/eval/<run>/``
+(``<run>``: the algorithm's name for a shipped run), keyed by the checkpoint's SHA-256, so a rerun only
+evaluates checkpoints that changed. What the table reads from a run folder (training time and hardware,
+steps trained, the validation curve, the configuration) goes into ``<models>/eval/<run>/run.json`` whenever
+the folder is here, and is read back from there when it is not, so RESULTS.md regenerates from committed JSON.
+Each learning curve (validation accuracy against meta-steps and against training time) is drawn from it, into
+``<models>/<algorithm>/curve.png`` for a shipped run and ``<models>/eval/<run>/curve.png`` for a candidate.
+Which section a candidate belongs to follows from its configuration against the shipped run's (its split
+scheme, or the settings it changes), never from its name; papers' figures and notes come from each learner's
+``about`` (engine/learners/base.py's ``About``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,159 +40,109 @@ from engine.checkpoint import build_learner, read_metadata
 from engine.compare import effective_settings
 from engine.data.download import file_digest
 from engine.data.omniglot import VALIDATION_SOURCES
-from engine.learners import LEARNERS, AdaptSettings
+from engine.learners import LEARNERS, AdaptSettings, PaperReference
 from engine.paths import REPO_ROOT
+from engine.train import TrainConfig
 
 SETTINGS: tuple[tuple[int, int], ...] = ((5, 1), (5, 5), (20, 1), (20, 5))
 EVAL_SEED = 0
+# A run's summary in <models>/eval/<run>/: what RESULTS.md reads from its folder.
+SUMMARY = "run.json"
+# What a shipped algorithm's folder in models/ holds (tests/test_shipped_models.py checks git's index).
+SHIPPED_FILES = ("model.safetensors", "model.json", "curve.png")
+# The issue's targets: within this many points of the published 5w1s and 20w1s figures (or meet them,
+# for a paper whose ``must_match`` is set).
+TOLERANCE = {(5, 1): 1.0, (20, 1): 2.0}
+
+
+def paper(algorithm: str) -> PaperReference | None:
+    """The paper whose figures ``algorithm``'s rows are set beside (its learner's ``about.paper``)."""
+    return LEARNERS[algorithm].about.paper if algorithm in LEARNERS else None
+
+
+def figures(algorithm: str) -> Mapping[tuple[int, int], float]:
+    """The published Omniglot figures for ``algorithm`` (empty when its paper has none to compare with)."""
+    reference = paper(algorithm)
+    return {} if reference is None else reference.figures
+
+
+def transductive_row(algorithm: str) -> bool:
+    """Whether ``algorithm`` is evaluated a second time with transductive batch norm (queries normalised with
+    their own batch's statistics): its paper's Omniglot figures were measured that way."""
+    reference = paper(algorithm)
+    return reference is not None and reference.transductive
 
 
 @dataclass(frozen=True)
-class Published:
-    """A paper's Omniglot figures (percent), keyed by (ways, shots)."""
+class Run:
+    """A run RESULTS.md reports: a shipped algorithm's checkpoint or a candidate."""
 
-    source: str
-    accuracy: dict[tuple[int, int], float]
-    # Meta-training iterations of the paper's Omniglot run, where the paper states them.
-    meta_steps: int | None = None
-
-
-def _figures(a: float, b: float, c: float, d: float) -> dict[tuple[int, int], float]:
-    return dict(zip(SETTINGS, (a, b, c, d)))
-
-
-PUBLISHED: dict[str, Published] = {
-    "maml": Published("MAML (Finn et al. 2017)", _figures(98.7, 99.9, 95.8, 98.9), 60_000),
-    "fomaml": Published("first-order MAML (Finn et al. 2017)", _figures(98.3, 99.2, 89.4, 97.9), 60_000),
-    "reptile": Published("Reptile, transductive (Nichol et al. 2018)", _figures(97.68, 99.48, 89.43, 97.12), 100_000),
-    "imaml": Published("iMAML, Hessian-free (Rajeswaran et al. 2019)", _figures(99.50, 99.74, 96.18, 99.14)),
-    "metasgd": Published("Meta-SGD (Li et al. 2017)", _figures(99.53, 99.93, 95.93, 98.97)),
-    "mc2": Published("Meta-Curvature MC2 (Park & Oliva 2019)", _figures(99.77, 99.79, 97.86, 99.24)),
-    "protonet": Published("Prototypical Networks (Snell et al. 2017)", _figures(98.8, 99.7, 96.0, 98.9)),
-}
-# Why the 1-step runs learn less than their papers (engine/learners/maml.py's zero_head_step).
-ONE_STEP_NOTE = ("With one inner step it also learns less than its paper: from our zero head (so that one "
-                 "checkpoint serves any number of classes) the first step moves only the head, so the backbone's "
-                 "{what} get no meta-gradient and stay exactly at their start in this checkpoint; only the head's "
-                 "are meta-learned (`tests/test_metacurvature.py` checks why, `tests/test_shipped_models.py` the "
-                 "checkpoint). The papers meta-learn a head for a "
-                 "fixed number of classes, whose first step moves every layer. Learning them does not help "
-                 "here, though: the 2-step candidate (`bash models/train.sh {name}-2steps`, the same schedule "
-                 "with 2 inner steps, whose second step uses them) {verdict} (its row in the "
-                 "section on candidate settings), so this checkpoint stays.")
-# What the table alone cannot say: why a finished run stands where it does, and what comes next.
-NOTES: dict[str, str] = {
-    "protonet": "trains and ships on the paper's max-pooling Conv-4 (`--downsample maxpool` in models/train.sh), "
-                "which convolves at 4x the resolution of the stride-2 Conv-4 the other algorithms use: ProtoNet "
-                "adapts with one forward pass, so the app pays that only once per task (its row in the README's "
-                "Performance tables). The stride-2 run it replaced, on the same 20k-episode schedule (2.3 h on "
-                "one thread), scored 97.44 / 99.43 / 92.58 / 98.05 (`git show 5bfeb0e:models/RESULTS.md`). It is "
-                "now within 1 point at 5-way 1-shot and 2 at 20-way 1-shot, but does not yet meet the paper's "
-                "figures, as its target asks. Still unlike the paper: queries are normalised with the support "
-                "set's statistics only, and one 1-shot-trained model serves the 5-shot settings, where the paper "
-                "trains one per shot count. Neither is what holds it back: the same configuration trained and "
-                "tested on the papers' character split meets or beats all four published figures (the section "
-                "on the papers' split), so the shortfall here is our harder split: its unseen alphabets, not "
-                "the amount of training data, since training on the 5 validation alphabets too (176 more "
-                "characters) hardly helps (the section on all 30 background alphabets).",
-    "metasgd": "adapts with as many steps as it was meta-trained for (1): its learned per-weight rates "
-               "are fitted to exactly that, and more steps overshoot. 5-way 5-shot validation tasks: 98.51% "
-               "after 1 step against 93.44% after 10 (`python -m engine.evaluate --checkpoint "
-               "models/metasgd/model --ways 5 --shots 5 --tasks 200 --split validation --inner-steps 10`, "
-               "then without `--inner-steps`; checkpoint of step 9750). "
-               + ONE_STEP_NOTE.format(what="learned rates", name="metasgd",
-                                      verdict="scores lower in three of the four settings, 0.5 points at 5-way "
-                                              "1-shot and 1.6 at 20-way 1-shot"),
-    "mc2": "adapts with as many steps as it was meta-trained for (1), like mc1: the learned curvature "
-           "multiplies every gradient, and repeated steps overshoot. 5-way 5-shot validation tasks: 98.63% "
-           "after 1 step against 81.14% after 10 (`python -m engine.evaluate --checkpoint models/mc2/model "
-           "--ways 5 --shots 5 --tasks 200 --split validation --inner-steps 10`, then without `--inner-steps`; "
-           "checkpoint of step 8750). "
-           + ONE_STEP_NOTE.format(what="curvature matrices", name="mc2",
-                                  verdict="validates higher (97.1% against 96.6%) and gains 0.4 points at 5-way "
-                                          "1-shot, within the intervals, but loses 1.5 at 20-way 1-shot and some at "
-                                          "both 5-shot settings")
-           + " In the shipped checkpoint, then, mc2's output-channel matrices, all it adds to mc1, are never "
-           "learned: on the papers' split "
-           "mc1 and mc2 trained to the same weights and scores.",
-    "reptile": "takes each inner step on a class-balanced minibatch of 10 of the task's 50 images "
-               "(`--inner-shots 2`), as the paper does. The earlier run stepped on all 50 at once: 85.0% "
-               "validation after 2250 meta-steps at 0.69 s each (`git show 7e34fae:models/reptile/curve.jsonl`), "
-               "against 89.6% after 2250 at 0.15 s for this one. Still unlike the paper: 10k meta-steps "
-               "instead of 100k, and test-time adaptation by 10 full-batch SGD steps from a zero head, where "
-               "the paper adapts with Adam for 50 steps from a meta-learned head. A candidate run on the paper's "
-               "100k schedule (`bash models/train.sh reptile-100k`, in models/reptile-100k, not shipped) has not "
-               "done better so far: its best validation is 91.5% at step 16000, and from step 47000 to 80000 it "
-               "stayed at 86-89% while the meta step size decayed from 0.53 to 0.20 (its curve.jsonl). The "
-               "paper's inner optimizer, Adam without momentum (`--inner-optimizer adam-no-momentum`, 50 steps "
-               "at test time), learned far slower from our zero head, whose weights Adam moves by about its "
-               "learning rate a step: validation after 1000 meta-steps 56.0% at the paper's 1e-3 and 78.5% at "
-               "1e-2, against 88.3% for SGD (`bash models/train.sh reptile-adam` and `reptile-adam-0.01`, "
-               "stopped there; their curve.jsonl).",
-    "imaml": "did not learn in its first full-size runs (not kept). Two changes made it "
-             "learn: its conv weights start 4x larger than nn.Conv2d's default, because under batch norm "
-             "the support loss's curvature grows as 1/scale^2 and at the default scale the inner loop "
-             "oscillates instead of converging, which the implicit gradient assumes "
-             "(`tests/test_imaml.py` checks the implicit gradient against the unrolled one); and its inner "
-             "loop backtracks (`armijo`), because a fixed step size starts diverging as meta-training "
-             "sharpens the network. It therefore also adapts with `armijo` by default: plain sgd at the "
-             "same step size diverges on this checkpoint (5-way 1-shot validation tasks: 40.94% with "
-             "`python -m engine.evaluate --checkpoint models/imaml/model --tasks 200 --split validation "
-             "--optimizer sgd`, 93.61% without `--optimizer`; checkpoint of step 5000). Its 6000-step "
-             "schedule is ours; the paper does not state its number of meta-steps.",
-}
-# The issue's targets: within this many points of the published 5w1s and 20w1s figures.
-TOLERANCE = {(5, 1): 1.0, (20, 1): 2.0}
-# Evaluated a second time with transductive batch norm (queries normalised with their own batch's
-# statistics): their papers' Omniglot figures were measured that way.
-TRANSDUCTIVE_ROWS = {"maml", "fomaml", "reptile"}
-# These must meet or beat their papers.
-MUST_MATCH = {"maml", "protonet"}
+    name: str  # its folder in <models>/eval/ (the algorithm's name for a shipped run)
+    algorithm: str
+    metadata: dict[str, Any]  # its checkpoint's model.json
+    summary: dict[str, Any]  # its <models>/eval/<name>/run.json (see run_summary)
+    checkpoint: Path | None  # <folder>/model where its weights are here; None: only its summary is committed
 
 
 @dataclass(frozen=True)
 class CandidateSection:
-    """Candidate runs (``bash models/train.sh ALGORITHM<suffix>``) that change one thing about a shipped
-    configuration, its split or a setting: not shipped, shown in a section of their own beside the
-    published figures and against the shipped runs."""
+    """Candidate runs that change one thing about a shipped configuration, its split or a setting: not
+    shipped, shown in a section of their own beside the published figures and against the shipped runs.
+    A run belongs here by its configuration (:func:`changes` against the shipped run's)."""
 
-    suffixes: tuple[str, ...]  # run folder = algorithm + one of these
     name: str  # "the papers' split", as a verdict column says "targets on <name>"
     heading: str
     intro: tuple[str, ...]
     worth: str  # what "candidate minus shipped" measures, for the comparison's caption
+    # Runs trained on this split scheme where the shipped run trains on another; None: runs on the shipped
+    # run's split that change one of ``settings`` (configuration keys, as :func:`configuration` names them).
+    split_scheme: str | None = None
+    settings: tuple[str, ...] = ()
 
-    def algorithm_of(self, run: str) -> str:
-        """The algorithm whose configuration the run folder ``run`` (``<algorithm><suffix>``) changes."""
-        return next(run.removesuffix(suffix) for suffix in self.suffixes if run.endswith(suffix))
+    def holds(self, changed: Mapping[str, tuple[Any, Any]]) -> bool:
+        """Whether a run whose configuration differs from the shipped one by ``changed`` belongs here."""
+        scheme = changed.get("train.split_scheme")
+        if self.split_scheme is not None:
+            return scheme is not None and scheme[1] == self.split_scheme
+        return scheme is None and any(key in changed for key in self.settings)
+
+    def describe(self, changed: Mapping[str, tuple[Any, Any]]) -> str:
+        """What a run of this section changes, "inner_steps 1 → 2" ("" for a split section: its heading says)."""
+        def shown(value: Any) -> str:
+            return "none" if value is None else str(value)
+
+        return ", ".join(f"{key.split('.', 1)[1]} {shown(shipped)} → {shown(run)}"
+                         for key, (shipped, run) in changed.items() if key in self.settings)
 
 
 PAPERS_SPLIT = CandidateSection(
-    ("-characters",), "the papers' split", "On the papers' split", (
+    "the papers' split", "On the papers' split", (
         "What our split costs, measured: the same configuration trained and tested on a split like the",
         "papers' (`--split-scheme characters`: all 1623 characters shuffled with a fixed seed, 1028 to train",
         "and 172 to validate, which the papers then train on too, and 423 to test, Vinyals et al.'s sizes;",
         "the test characters' alphabets are seen in training). Cells as above, on 600 tasks from those 423",
         "test characters, and a transductive row where the main table has one; these candidates are not",
         "shipped (the app's checkpoints are the ones above)."),
-    "What the split is worth")
+    "What the split is worth", split_scheme="characters")
 ALL_BACKGROUND = CandidateSection(
-    ("-background",), "all background alphabets", "On all 30 background alphabets", (
+    "all background alphabets", "On all 30 background alphabets", (
         "What the 5 held-out validation alphabets would add as training data: the same configuration",
         "trained on all 964 background characters (`--split-scheme background`), as a final model is",
         "trained once validation has chosen its schedule (Snell et al. trained on their training and",
         "validation characters together). Validation characters are then seen in training and cannot pick",
         "a checkpoint, so the run keeps its last step. Cells as above, on the same unseen evaluation",
         "alphabets; these candidates are not shipped (the app's checkpoints are the ones above)."),
-    "What the validation alphabets are worth")
+    "What the validation alphabets are worth", split_scheme="background")
 OTHER_SETTINGS = CandidateSection(
-    ("-2steps", "-ways5to20", "-100k"), "the candidate", "Candidate settings", (
-        "Runs that change one setting of a shipped configuration on our split, each a candidate to replace",
-        "its shipped checkpoint if it evaluates better (models/train.sh says what each changes): `-2steps`",
-        "meta-trains with 2 inner steps instead of 1, `-ways5to20` on episodes of 5 to 20 ways instead of 5,",
-        "`-100k` on the paper's 100k meta-steps. Cells as above, on the same unseen evaluation alphabets;",
-        "a run listed here is not shipped (the app's checkpoints are the ones above)."),
-    "What the change is worth")
+    "the candidate", "Candidate settings", (
+        "Runs that change one setting of a shipped configuration on our split (the inner steps, the ways or",
+        "shots of the training episodes, or the number of meta-steps), each a candidate to replace its",
+        "shipped checkpoint if it evaluates better; each row says what its configuration changes (shipped →",
+        "candidate, from the checkpoints' metadata; models/train.sh has the commands). Cells as above, on",
+        "the same unseen evaluation alphabets; a run listed here is not shipped (the app's checkpoints are",
+        "the ones above)."),
+    "What the change is worth",
+    settings=("config.inner_steps", "train.ways", "config.min_train_ways", "train.shots", "train.meta_steps"))
 CANDIDATE_SECTIONS = (PAPERS_SPLIT, ALL_BACKGROUND, OTHER_SETTINGS)
 
 
@@ -196,32 +157,124 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def candidate_runs(models: Path, section: CandidateSection) -> dict[str, str]:
-    """Run folder -> algorithm of every run of ``section`` with a checkpoint (``<algorithm><suffix>``)."""
-    runs = {}
-    for algorithm in LEARNERS:  # registry order, as the shipped rows
-        for suffix in section.suffixes:
-            if (models / (algorithm + suffix) / "model.safetensors").exists():
-                runs[algorithm + suffix] = algorithm
-    return runs
-
-
 def shipped_algorithms(models: Path) -> list[str]:
     """Registered algorithms with a checkpoint in ``models``, in registry order."""
     return [name for name in LEARNERS if (models / name / "model.safetensors").exists()]
 
 
+def write_json_if_changed(path: Path, payload: Any) -> None:
+    """``payload`` as indented JSON, written only when it differs (a table-only rerun leaves files alone)."""
+    text = json.dumps(payload, indent=2) + "\n"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def summary_path(models: Path, run: str) -> Path:
+    return models / "eval" / run / SUMMARY
+
+
+def run_summary(folder: Path) -> dict[str, Any]:
+    """What RESULTS.md reads from a run folder (``engine.train --out``), for ``<models>/eval/<run>/run.json``:
+    the checkpoint's SHA-256 and metadata, the training state's steps, time and pieces (``resume.json``, which
+    runs past the checkpoint's step) and every validation of ``curve.jsonl`` as [step, seconds, accuracy]."""
+    state = read_json(folder / "resume.json") or {}
+    return {
+        "run": folder.name,  # the folder's name under runs/, where a later `engine.results` refreshes it from
+        "checkpoint_sha256": file_digest(folder / "model.safetensors", "sha256"),
+        "metadata": read_json(folder / "model.json") or {},
+        "training": {key: state[key] for key in ("step", "train_seconds", "train", "pieces") if key in state},
+        "validation_curve": [list(point) for point in read_validation_curve(folder / "curve.jsonl")],
+    }
+
+
+def shipped_runs(models: Path, runs: Path) -> list[Run]:
+    """Every shipped checkpoint as a Run, in registry order. Its summary comes from the run folder it was
+    published from (``runs/<summary's run>``) while that folder still holds the same checkpoint, else from
+    the committed summary of that checkpoint, else from ``model.json`` alone (no training state or curve);
+    whichever it is gets written back, so the committed summary always describes the shipped checkpoint."""
+    shipped = []
+    for algorithm in shipped_algorithms(models):
+        folder = models / algorithm
+        sha = file_digest(folder / "model.safetensors", "sha256")
+        stored = read_json(summary_path(models, algorithm))
+        source = runs / str((stored or {}).get("run", algorithm))
+        if (source / "model.safetensors").exists() and file_digest(source / "model.safetensors", "sha256") == sha:
+            summary = run_summary(source)
+        elif stored is not None and stored.get("checkpoint_sha256") == sha:
+            summary = stored
+        else:
+            summary = run_summary(folder)
+        write_json_if_changed(summary_path(models, algorithm), summary)
+        shipped.append(Run(algorithm, algorithm, read_json(folder / "model.json") or {}, summary, folder / "model"))
+    return shipped
+
+
+def candidate_runs(models: Path, runs: Path) -> list[Run]:
+    """Every candidate run: a folder of ``runs`` with a checkpoint (its summary refreshed from it) or a
+    committed summary in ``<models>/eval/`` whose folder is not here, in registry order of their algorithms.
+    A folder named after an algorithm is that algorithm's own training run (``--publish`` ships it), not a
+    candidate."""
+    names = {path.parent.name for path in runs.glob("*/model.safetensors")}
+    names |= {path.parent.name for path in (models / "eval").glob(f"*/{SUMMARY}")}
+    candidates = []
+    for name in sorted(names - set(LEARNERS)):
+        folder = runs / name
+        if (folder / "model.safetensors").exists():
+            summary, checkpoint = run_summary(folder), folder / "model"
+            write_json_if_changed(summary_path(models, name), summary)
+        else:
+            summary, checkpoint = read_json(summary_path(models, name)) or {}, None
+        metadata = summary.get("metadata") or {}
+        if metadata.get("algorithm") in LEARNERS:
+            candidates.append(Run(name, metadata["algorithm"], metadata, summary, checkpoint))
+    order = list(LEARNERS)
+    return sorted(candidates, key=lambda run: (order.index(run.algorithm), run.name))
+
+
+def configuration(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's settings as flat keys ("config.inner_steps", "train.split_scheme"), with the defaults
+    of what its metadata leaves out, so that runs recorded by older code compare with newer ones."""
+    config = dataclasses.asdict(build_learner(metadata).config)
+    train = {**dataclasses.asdict(TrainConfig()), **(metadata.get("train") or {})}
+    return {**{f"config.{key}": value for key, value in config.items()},
+            **{f"train.{key}": value for key, value in train.items()}}
+
+
+def changes(metadata: Mapping[str, Any], shipped: Mapping[str, Any] | None) -> dict[str, tuple[Any, Any]]:
+    """Where a candidate's configuration differs from the shipped run's: key -> (shipped, candidate). Without
+    a shipped run, only the split scheme is compared (with the default one)."""
+    ours = configuration(metadata)
+    if shipped is None:
+        reference = {"train.split_scheme": configuration({"algorithm": metadata["algorithm"]})["train.split_scheme"]}
+    else:
+        reference = configuration(shipped)
+    return {key: (reference.get(key), value) for key, value in ours.items()
+            if key in reference and reference[key] != value}
+
+
+def section_of(run: Run, shipped: Mapping[str, Run]) -> tuple[CandidateSection, dict[str, tuple[Any, Any]]] | None:
+    """The section ``run`` belongs to and how it differs from its algorithm's shipped run; None for a run
+    that matches the shipped configuration or changes something no section is about."""
+    reference = shipped.get(run.algorithm)
+    changed = changes(run.metadata, None if reference is None else reference.metadata)
+    for section in CANDIDATE_SECTIONS:
+        if (section.split_scheme is not None or reference is not None) and section.holds(changed):
+            return section, changed
+    return None
+
+
 def evaluation_path(models: Path, run: str, ways: int, shots: int, transductive: bool = False) -> Path:
-    """Where ``run``'s evaluation is stored (``run``: its folder in models/, the algorithm's name for
-    a shipped run)."""
+    """Where ``run``'s evaluation is stored (``run``: a candidate's folder name in runs/, the algorithm's
+    name for a shipped run)."""
     suffix = "-transductive" if transductive else ""
     return models / "eval" / run / f"{setting_name(ways, shots)}{suffix}.json"
 
 
-def test_settings(checkpoint: Path) -> tuple[int, str | None]:
-    """(inner steps, inner optimizer) that ``engine.evaluate`` uses for ``checkpoint`` by default,
-    read from its configuration (0 and None without an inner loop)."""
-    learner = build_learner(read_metadata(checkpoint))
+def test_settings(metadata: Mapping[str, Any]) -> tuple[int, str | None]:
+    """(inner steps, inner optimizer) that ``engine.evaluate`` uses by default for a checkpoint with
+    ``metadata``, read from its configuration (0 and None without an inner loop)."""
+    learner = build_learner(metadata)
     steps, _, optimizer = effective_settings(learner, AdaptSettings())
     return (0 if steps is None else steps), optimizer
 
@@ -241,46 +294,54 @@ def describes(stored: dict[str, Any] | None, sha: str, settings: tuple[int, str 
     return stored.get("inner_steps") == steps and recorded == optimizer
 
 
-def evaluate_checkpoint(models: Path, run: str, ways: int, shots: int, tasks: int,
+def shown_path(path: Path) -> str:
+    """``path`` as a command in RESULTS.md shows it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def evaluate_checkpoint(models: Path, run: Run, ways: int, shots: int, tasks: int,
                         data_dir: str | None, device: str, transductive: bool = False) -> dict[str, Any]:
-    """The stored evaluation when it matches the checkpoint and task count, else a fresh one."""
-    checkpoint = models / run / "model"
-    sha = file_digest(checkpoint.with_suffix(".safetensors"), "sha256")
-    path = evaluation_path(models, run, ways, shots, transductive)
+    """The stored evaluation when it matches the checkpoint and task count, else a fresh one (which needs
+    the checkpoint here)."""
+    sha = run.summary["checkpoint_sha256"]
+    path = evaluation_path(models, run.name, ways, shots, transductive)
     stored = read_json(path)
-    if describes(stored, sha, test_settings(checkpoint), tasks, transductive):
+    if describes(stored, sha, test_settings(run.metadata), tasks, transductive):
         return stored  # type: ignore[return-value]
+    if run.checkpoint is None:
+        raise RuntimeError(f"{run.name} has no checkpoint here to evaluate (only its summary is committed)")
+    checkpoint = run.checkpoint
     argv = ["--checkpoint", str(checkpoint), "--ways", str(ways), "--shots", str(shots), "--tasks", str(tasks),
             "--seed", str(EVAL_SEED), *(["--transductive"] if transductive else [])]
-    shown = [f"models/{run}/model" if a == str(checkpoint) else a for a in argv]
+    shown = [shown_path(checkpoint) if a == str(checkpoint) else a for a in argv]
     if data_dir is not None:
         argv += ["--data-dir", data_dir]
+    path.parent.mkdir(parents=True, exist_ok=True)
     if evaluate.main([*argv, "--device", device, "--json", str(path)]) != 0:
-        raise RuntimeError(f"engine.evaluate failed for {run} {setting_name(ways, shots)}")
+        raise RuntimeError(f"engine.evaluate failed for {run.name} {setting_name(ways, shots)}")
     result = read_json(path) or {}
-    metadata = read_json(checkpoint.with_suffix(".json")) or {}
-    result.update(checkpoint_sha256=sha, meta_step=metadata.get("meta_step"), checkpoint=f"models/{run}/model",
+    result.update(checkpoint_sha256=sha, meta_step=run.metadata.get("meta_step"), checkpoint=shown_path(checkpoint),
                   command="python -m engine.evaluate " + " ".join(shown))
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 
 
-def current_evaluations(models: Path, run: str,
-                        transductive: bool = False) -> dict[tuple[int, int], dict[str, Any]]:
-    """Stored evaluations that still describe ``run``'s checkpoint (same SHA-256)."""
-    sha = file_digest(models / run / "model.safetensors", "sha256")
-    settings = test_settings(models / run / "model")
-    stored = {(ways, shots): read_json(evaluation_path(models, run, ways, shots, transductive))
+def current_evaluations(models: Path, run: Run, transductive: bool = False) -> dict[tuple[int, int], dict[str, Any]]:
+    """Stored evaluations that still describe ``run``'s checkpoint (same SHA-256 and test settings)."""
+    settings = test_settings(run.metadata)
+    stored = {(ways, shots): read_json(evaluation_path(models, run.name, ways, shots, transductive))
               for ways, shots in SETTINGS}
     return {setting: result for setting, result in stored.items()
-            if describes(result, sha, settings, transductive=transductive)}
+            if describes(result, run.summary["checkpoint_sha256"], settings, transductive=transductive)}
 
 
 # -- learning curves ---------------------------------------------------------------------------
-def validation_curve(run: Path) -> list[tuple[int, float, float]]:
-    """(meta-step, training hours, validation accuracy) for every validation in ``curve.jsonl``."""
-    points = []
-    path = run / "curve.jsonl"
+def read_validation_curve(path: Path) -> list[tuple[int, float, float]]:
+    """(meta-step, training seconds, validation accuracy) for every validation in a ``curve.jsonl``."""
+    points: list[tuple[int, float, float]] = []
     if not path.exists():
         return points
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -289,11 +350,22 @@ def validation_curve(run: Path) -> list[tuple[int, float, float]]:
         except json.JSONDecodeError:
             continue
         if "val_accuracy" in record:
-            points.append((int(record["step"]), float(record["seconds"]) / 3600.0, float(record["val_accuracy"])))
+            points.append((int(record["step"]), float(record["seconds"]), float(record["val_accuracy"])))
     return points
 
 
-def draw_curve(run: Path, algorithm: str, out: Path) -> bool:
+def validation_curve(run: Run) -> list[tuple[int, float, float]]:
+    """(meta-step, training hours, validation accuracy) for every validation of ``run``."""
+    return [(int(step), float(seconds) / 3600.0, float(accuracy))
+            for step, seconds, accuracy in run.summary.get("validation_curve", [])]
+
+
+def curve_path(models: Path, run: Run, shipped: bool) -> Path:
+    """Where ``run``'s learning curve is drawn: beside a shipped checkpoint, in eval/ for a candidate."""
+    return models / run.name / "curve.png" if shipped else models / "eval" / run.name / "curve.png"
+
+
+def draw_curve(run: Run, out: Path) -> bool:
     """Validation accuracy against meta-steps and against training time; False without a curve."""
     import matplotlib
 
@@ -311,15 +383,15 @@ def draw_curve(run: Path, algorithm: str, out: Path) -> bool:
     by_step.set_ylabel("validation accuracy (%), 5-way 1-shot")
     by_time.plot(hours, percent, color="tab:orange")
     by_time.set_xlabel("training time (hours)")
-    published = PUBLISHED.get(algorithm)
+    published = figures(run.algorithm).get((5, 1))
     for axis in (by_step, by_time):
         axis.grid(alpha=0.3)
         if published is not None:
-            axis.axhline(published.accuracy[(5, 1)], color="grey", linestyle="--", linewidth=1,
+            axis.axhline(published, color="grey", linestyle="--", linewidth=1,
                          label="published 5w1s (evaluation split)")
     if published is not None:
         by_step.legend(loc="lower right", fontsize=8)
-    scheme = ((read_json(run / "model.json") or {}).get("train") or {}).get("split_scheme", "alphabets")
+    scheme = (run.metadata.get("train") or {}).get("split_scheme", "alphabets")
     figure.suptitle(f"{run.name}: validation accuracy on {VALIDATION_SOURCES.get(scheme, scheme)}")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -329,10 +401,11 @@ def draw_curve(run: Path, algorithm: str, out: Path) -> bool:
 
 
 # -- the table ---------------------------------------------------------------------------------
-def training_status(run: Path) -> dict[str, Any]:
-    """Meta-steps of the shipped checkpoint and of the run so far, the schedule, time and hardware."""
-    model = read_json(run / "model.json") or {}
-    state = read_json(run / "resume.json") or {}
+def training_status(run: Run) -> dict[str, Any]:
+    """Meta-steps of the checkpoint and of the run so far (its training state, which runs past the
+    checkpoint's step), the schedule, time and hardware."""
+    model = run.metadata
+    state = run.summary.get("training") or {}
     trained = int(state.get("step", model.get("meta_step", 0)))
     seconds = float(state.get("train_seconds", model.get("wall_clock_seconds", 0.0)))
     schedule = int((state.get("train") or model.get("train") or {}).get("meta_steps", trained))
@@ -367,14 +440,20 @@ def power_law_steps(curve: Sequence[tuple[int, float, float]], accuracy: float) 
     return float(math.exp((math.log(1.0 - accuracy) - intercept) / slope))
 
 
+def allowed_gap(algorithm: str, setting: tuple[int, int]) -> float:
+    """How many points below its paper ``algorithm`` may stay at ``setting`` and still meet its target."""
+    reference = paper(algorithm)
+    return 0.0 if reference is not None and reference.must_match else TOLERANCE[setting]
+
+
 def target_time(algorithm: str, results: dict[tuple[int, int], dict[str, Any]] | None, status: dict[str, Any],
                 curve: Sequence[tuple[int, float, float]]) -> str:
     """How far the 5-way 1-shot target is, extrapolated along the validation curve: the target
     shifted by the checkpoint's validation - evaluation gap, reached by :func:`power_law_steps`."""
-    published = PUBLISHED.get(algorithm)
+    published = figures(algorithm).get((5, 1))
     if published is None or results is None or (5, 1) not in results or status["val_accuracy"] is None:
         return "—"
-    needed = published.accuracy[(5, 1)] - (0.0 if algorithm in MUST_MATCH else TOLERANCE[(5, 1)])
+    needed = published - allowed_gap(algorithm, (5, 1))
     ours = 100 * results[(5, 1)]["accuracy"]
     if ours >= needed:
         return "met"
@@ -389,6 +468,11 @@ def target_time(algorithm: str, results: dict[tuple[int, int], dict[str, Any]] |
             f"≈ {format_hours(remaining * status['seconds_per_step'])} more")
 
 
+def listing(names: Sequence[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
+
 def format_hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
@@ -400,17 +484,15 @@ def cell(result: dict[str, Any] | None) -> str:
 
 
 def target_verdict(algorithm: str, results: dict[tuple[int, int], dict[str, Any]]) -> str:
-    published = PUBLISHED.get(algorithm)
-    if published is None:
+    published = figures(algorithm)
+    if not published:
         return "no single published figure"
     verdicts = []
-    for setting, tolerance in TOLERANCE.items():
-        if setting not in results:
+    for setting in TOLERANCE:
+        if setting not in results or setting not in published:
             continue
-        ours = 100 * results[setting]["accuracy"]
-        paper = published.accuracy[setting]
-        allowed = 0.0 if algorithm in MUST_MATCH else tolerance
-        gap = paper - ours
+        gap = published[setting] - 100 * results[setting]["accuracy"]
+        allowed = allowed_gap(algorithm, setting)
         verdicts.append(f"{setting_name(*setting)} {'met' if gap <= allowed else f'missed by {gap - allowed:.1f} pt'}")
     return ", ".join(verdicts)
 
@@ -443,67 +525,83 @@ def our_rows(name: str, suffix: str, algorithm: str, status: dict[str, Any],
 
 def published_rows(algorithm: str) -> list[str]:
     """The paper's figures as a table row, if it has any."""
-    published = PUBLISHED.get(algorithm)
-    if published is None:
+    published = figures(algorithm)
+    if not published:
         return []
-    return [f"| {published.source} | " + " | ".join(f"{published.accuracy[s]:.2f}" for s in SETTINGS) + " | | |"]
+    label = paper(algorithm).label  # type: ignore[union-attr]  # figures imply a paper
+    return [f"| {label} | " + " | ".join(f"{published[s]:.2f}" if s in published else "—" for s in SETTINGS)
+            + " | | |"]
 
 
-def split_cost_rows(split: CandidateSection, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate run in its section: how it differs from the shipped run, and its evaluations."""
+
+    run: Run
+    changed: dict[str, tuple[Any, Any]]
+    results: dict[tuple[int, int], dict[str, Any]]
+    transductive: dict[tuple[int, int], dict[str, Any]]
+
+
+def split_cost_rows(section: CandidateSection, candidates: Sequence[Candidate],
                     ours: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
-    """Per run of ``split`` whose algorithm ships too: what the change is worth at the targets' settings
+    """Per run of ``section`` whose algorithm ships too: what the change is worth at the targets' settings
     (the run minus the shipped one, in points), and the target verdicts of both."""
     lines = []
-    for run, results in evaluations.items():
-        algorithm = split.algorithm_of(run)
+    for candidate in candidates:
+        algorithm, results = candidate.run.algorithm, candidate.results
         shipped = ours.get(algorithm)
         if shipped is None or not any(s in results and s in shipped for s in TOLERANCE):
             continue
         gains = [f"{100 * (results[s]['accuracy'] - shipped[s]['accuracy']):+.2f}"
                  if s in results and s in shipped else "—" for s in TOLERANCE]
-        lines.append(f"| {run} | {' | '.join(gains)} | {target_verdict(algorithm, results)} | "
+        lines.append(f"| {candidate.run.name} | {' | '.join(gains)} | {target_verdict(algorithm, results)} | "
                      f"{target_verdict(algorithm, shipped)} |")
     if not lines:
         return []
     names = [setting_name(*s) for s in TOLERANCE]
-    return ["", f"{split.worth}, in points ({split.name} minus ours, support-set batch norm), and the",
+    return ["", f"{section.worth}, in points ({section.name} minus ours, support-set batch norm), and the",
             "targets judged on each:", "",
-            "| run | " + " | ".join(f"{name}: {split.name} − ours" for name in names) + f" | targets on {split.name} "
-            "| targets on ours |", "|---|---|---|---|---|", *lines]
+            "| run | " + " | ".join(f"{name}: {section.name} − ours" for name in names)
+            + f" | targets on {section.name} | targets on ours |", "|---|---|---|---|---|", *lines]
 
 
-def candidate_section(models: Path, split: CandidateSection,
-                      evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
-                      transductive: dict[str, dict[tuple[int, int], dict[str, Any]]],
+def candidate_section(models: Path, section: CandidateSection, candidates: Sequence[Candidate],
                       ours: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
-    """RESULTS.md's table of the runs of ``split`` (``evaluations``' keys, with whatever evaluations they
-    have, and ``transductive`` ones where made), each beside its paper, and what the change is worth
-    against the shipped runs' evaluations (``ours``)."""
-    if not evaluations:
+    """RESULTS.md's table of the runs of ``section`` (with whatever evaluations they have, and transductive
+    ones where made), each beside its paper, and what the change is worth against the shipped runs'
+    evaluations (``ours``)."""
+    if not candidates:
         return []
-    lines = ["", f"## {split.heading}", "", *split.intro, "",
-             "| run | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |",
+    lines = ["", f"## {section.heading}", "", *section.intro, "",
+             "| run | " + " | ".join(setting_name(*s) for s in SETTINGS)
+             + " | test inner steps | meta-steps (checkpoint / schedule) |",
              "|" + "---|" * (len(SETTINGS) + 3)]
-    for run, results in evaluations.items():
-        algorithm = split.algorithm_of(run)
-        curve = f" ([curve]({run}/curve.png))" if (models / run / "curve.png").exists() else ""
-        lines += our_rows(run, f"({algorithm}, ours)", algorithm, training_status(models / run), results,
-                          transductive.get(run), curve)
-        lines += published_rows(algorithm)
-    lines += split_cost_rows(split, evaluations, ours)
+    for candidate in candidates:
+        run = candidate.run
+        curve = curve_path(models, run, shipped=False)
+        link = f" ([curve]({curve.relative_to(models).as_posix()}))" if curve.exists() else ""
+        change = section.describe(candidate.changed)
+        lines += our_rows(run.name, f"({run.algorithm}, ours{'; ' + change if change else ''})", run.algorithm,
+                          training_status(run), candidate.results, candidate.transductive, link)
+        lines += published_rows(run.algorithm)
+    lines += split_cost_rows(section, candidates, ours)
     lines.append("")
-    lines.append("Training: `bash models/train.sh RUN`; validation accuracy and time in each run's model.json.")
+    lines.append("Training: `bash models/train.sh RUN` (into runs/RUN); the configuration, validation accuracy, "
+                 "time and learning curve of each run in models/eval/RUN/run.json.")
     return lines
 
 
-def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]], tasks: int,
-                 runs: Sequence[str],
-                 transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None,
-                 candidates: dict[CandidateSection, dict[str, dict[tuple[int, int], dict[str, Any]]]] | None = None) -> str:
-    """RESULTS.md: the evaluated checkpoints beside the papers, then the training state of every run in
-    ``runs``, then the runs on each candidate split (``candidates``). ``transductive`` holds the
-    transductive evaluations of all of them, by run folder."""
-    header = "| algorithm | " + " | ".join(setting_name(*s) for s in SETTINGS) + " | test inner steps | meta-steps (checkpoint / schedule) |"
+def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
+                 tasks: int, transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None,
+                 candidates: Mapping[CandidateSection, Sequence[Candidate]] | None = None) -> str:
+    """RESULTS.md: the evaluated checkpoints beside the papers, then the training state of every
+    ``shipped`` run, then the candidate runs of each section. ``evaluations`` and ``transductive`` hold the
+    shipped runs' evaluations by algorithm."""
+    transductive_names = [f"`{name}`" for name in LEARNERS if transductive_row(name)]
+    must_match_names = [f"`{name}`" for name in LEARNERS if (reference := paper(name)) is not None and reference.must_match]
+    header = ("| algorithm | " + " | ".join(setting_name(*s) for s in SETTINGS)
+              + " | test inner steps | meta-steps (checkpoint / schedule) |")
     lines = [
         "# Results",
         "",
@@ -513,7 +611,7 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
         "cell one `python -m engine.evaluate` run whose exact command and JSON are in `models/eval/`.",
         "Batch norm is **not transductive** in our main rows: queries are normalised with the support set's",
         "statistics, so each query is predicted alone. Most published MAML-family figures normalise with the",
-        "query batch (transductive), which is easier: MAML, first-order MAML and Reptile, whose papers did so,",
+        f"query batch (transductive), which is easier: {listing(transductive_names)}, whose papers did so,",
         "get a second row with the same checkpoint evaluated that way (`--transductive`); targets are judged",
         "on the main rows. One checkpoint per algorithm serves all four settings",
         "(most were meta-trained on 5-way 1-shot episodes; see models/train.sh), where the papers train a",
@@ -531,96 +629,143 @@ def render_table(models: Path, evaluations: dict[str, dict[tuple[int, int], dict
         header,
         "|" + "---|" * (len(SETTINGS) + 3),
     ]
+    by_name = {run.name: run for run in shipped}
     for algorithm, results in evaluations.items():
-        lines += our_rows(algorithm, "(ours)", algorithm, training_status(models / algorithm), results,
+        lines += our_rows(algorithm, "(ours)", algorithm, training_status(by_name[algorithm]), results,
                           (transductive or {}).get(algorithm))
         lines += published_rows(algorithm)
     lines += ["", "## Targets and training budget", "",
               "Every shipped run; validation accuracy is on 200 fixed 5-way 1-shot tasks from the held-out",
               "background alphabets (model selection only). Runs not evaluated above are still training.", "",
               "Targets: within 1 point of the published 5-way 1-shot figure and 2 points at 20-way 1-shot;",
-              "MAML and ProtoNet meet or beat theirs. Time per meta-step is that of the run's latest training",
+              f"{listing(must_match_names)} meet or beat theirs. Time per meta-step is that of the run's latest training",
               "piece (the current code; earlier pieces may have run slower code), and the estimates are that time",
               "multiplied out, on the run's own hardware. The 5-way 1-shot target is extrapolated along the",
               "validation curve: the published figure less its tolerance, shifted by the checkpoint's gap",
               "between validation and evaluation accuracy, reached when a power law (error = a * step^-b, fitted",
               "to the curve's second half) says so. It assumes the curve keeps its recent slope, while every",
               "schedule also decays its meta learning rate: a rough guide, not a promise.", "",
-              "| algorithm | targets | validation accuracy | trained so far | time per meta-step | to finish our schedule | paper's schedule | 5w1s target, extrapolated | curve |",
+              "| algorithm | targets | validation accuracy | trained so far | time per meta-step | to finish our "
+              "schedule | paper's schedule | 5w1s target, extrapolated | curve |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for algorithm in runs:
+    for run in shipped:
+        algorithm = run.algorithm
         results = evaluations.get(algorithm)
-        status = training_status(models / algorithm)
+        status = training_status(run)
         targets = "not evaluated yet" if results is None else target_verdict(algorithm, results)
-        val = "—" if status["val_accuracy"] is None else f"{100 * status['val_accuracy']:.1f}% (step {status['model_step']})"
+        val = ("—" if status["val_accuracy"] is None
+               else f"{100 * status['val_accuracy']:.1f}% (step {status['model_step']})")
         per_step = status["seconds_per_step"]
         remaining = max(status["schedule"] - status["trained"], 0)
         finish = "done" if remaining == 0 else f"{remaining} steps ≈ {format_hours(remaining * per_step)}"
         if results is not None and remaining > 0:
             targets += " (checkpoint of an unfinished schedule: the CPU budget stopped it so far)"
-        published = PUBLISHED.get(algorithm)
-        paper = ("—" if published is None or published.meta_steps is None
-                 else f"{published.meta_steps} steps ≈ {format_hours(published.meta_steps * per_step)}")
-        curve = f"[curve]({algorithm}/curve.png)" if (models / algorithm / "curve.png").exists() else "—"
+        reference = paper(algorithm)
+        schedule = ("—" if reference is None or reference.meta_steps is None
+                    else f"{reference.meta_steps} steps ≈ {format_hours(reference.meta_steps * per_step)}")
+        curve = curve_path(models, run, shipped=True)
+        link = f"[curve]({curve.relative_to(models).as_posix()})" if curve.exists() else "—"
         lines.append(f"| {algorithm} | {targets} | {val} | {status['trained']} steps, "
                      f"{format_hours(status['seconds'])} ({'; '.join(status['hardware'])}) | {per_step:.2f} s | "
-                     f"{finish} | {paper} | {target_time(algorithm, results, status, validation_curve(models / algorithm))} | "
-                     f"{curve} |")
-    for split, split_results in (candidates or {}).items():
-        lines += candidate_section(models, split, split_results, transductive or {}, evaluations)
-    notes = [f"* **{name}** {text}" for name, text in NOTES.items() if name in runs]
+                     f"{finish} | {schedule} | {target_time(algorithm, results, status, validation_curve(run))} | "
+                     f"{link} |")
+    for section, section_candidates in (candidates or {}).items():
+        lines += candidate_section(models, section, section_candidates, evaluations)
+    notes = [f"* **{run.algorithm}** {LEARNERS[run.algorithm].about.notes}" for run in shipped
+             if LEARNERS[run.algorithm].about.notes]
     if notes:
         lines += ["", "Notes:", "", *notes]
-    lines += ["", "Training commands: `bash models/train.sh ALGORITHM` (one configuration per algorithm; it resumes "
-              "an interrupted run). The JSON beside each checkpoint records the seed, the git commit, the dataset's "
-              "checksum and the wall-clock time and hardware of every training piece.", ""]
+    lines += ["", "Training commands: `bash models/train.sh ALGORITHM` (one configuration per algorithm, trained "
+              "into runs/ALGORITHM; it resumes an interrupted run), then `python -m engine.results --publish "
+              "runs/ALGORITHM` to ship it. The JSON beside each checkpoint records the seed, the git commit, the "
+              "dataset's checksum and the wall-clock time and hardware of every training piece.", ""]
     return "\n".join(lines)
+
+
+# -- publishing --------------------------------------------------------------------------------
+def publish(folder: Path, models: Path) -> Path:
+    """Ship the run in ``folder`` (an ``engine.train --out`` folder): copy its checkpoint into
+    ``<models>/<algorithm>/`` (its metadata names the algorithm), record its summary for RESULTS.md and draw
+    its curve there; returns that folder. Its earlier evaluations no longer match and are redone by the next
+    ``python -m engine.results``."""
+    metadata = read_metadata(folder / "model")
+    algorithm = metadata["algorithm"]
+    if algorithm not in LEARNERS:
+        raise ValueError(f"{folder} holds a run of {algorithm!r}, which is not a registered algorithm")
+    target = models / algorithm
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "model.json"):
+        shutil.copyfile(folder / name, target / name)
+    summary = run_summary(folder)
+    write_json_if_changed(summary_path(models, algorithm), summary)
+    run = Run(algorithm, algorithm, metadata, summary, target / "model")
+    curve = curve_path(models, run, shipped=True)
+    if not draw_curve(run, curve):
+        curve.unlink(missing_ok=True)  # the replaced checkpoint's curve would describe another run
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--runs", type=Path, default=REPO_ROOT / "runs",
+                        help="training folders (engine.train --out): candidates, and the runs shipped ones came from")
     parser.add_argument("--algorithms", nargs="*", default=None,
-                        help="evaluate these (default: every shipped checkpoint); the others keep their stored, "
-                             "still valid evaluations")
+                        help="evaluate these runs (default: every shipped checkpoint and every candidate in --runs); "
+                             "the others keep their stored, still valid evaluations")
     parser.add_argument("--tasks", type=int, default=600)
     parser.add_argument("--table-only", action="store_true", help="use stored, still valid evaluations only; run none")
+    parser.add_argument("--publish", type=Path, metavar="RUN", default=None,
+                        help="copy the checkpoint of the run folder RUN into MODELS/<its algorithm>/ and stop")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     models: Path = args.models
-    runs = shipped_algorithms(models)
-    candidates = {section: candidate_runs(models, section) for section in CANDIDATE_SECTIONS}
-    requested = [] if args.table_only else (args.algorithms or runs + [run for split_runs in candidates.values()
-                                                                          for run in split_runs])
-    evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
-    transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
+    if args.publish is not None:
+        try:
+            target = publish(args.publish, models)
+        except (OSError, ValueError) as error:
+            print(f"error: cannot publish {args.publish}: {error}", file=sys.stderr)
+            return 2
+        print(f"published {args.publish} as {target}; `python -m engine.results` evaluates it")
+        return 0
+    shipped = shipped_runs(models, args.runs)
+    candidates = candidate_runs(models, args.runs)
+    here = [run.name for run in [*shipped, *candidates] if run.checkpoint is not None]
+    requested = [] if args.table_only else (args.algorithms or here)
+    for name in sorted(set(requested) - set(here)):
+        print(f"{name}: no checkpoint here to evaluate; its stored evaluations stand", file=sys.stderr)
 
-    def results_of(run: str, transductive: bool = False) -> dict[tuple[int, int], dict[str, Any]]:
-        if run in requested:
+    def results_of(run: Run, transductive: bool = False) -> dict[tuple[int, int], dict[str, Any]]:
+        if run.name in requested and run.checkpoint is not None:
             return {(ways, shots): evaluate_checkpoint(models, run, ways, shots, args.tasks, args.data_dir,
                                                        args.device, transductive) for ways, shots in SETTINGS}
         return current_evaluations(models, run, transductive)
 
-    for algorithm in runs:
-        draw_curve(models / algorithm, algorithm, models / algorithm / "curve.png")
+    evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
+    transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
+    for run in shipped:
+        draw_curve(run, curve_path(models, run, shipped=True))
         for variant, table in ((False, evaluations), (True, transductive)):
-            if variant and algorithm not in TRANSDUCTIVE_ROWS:
+            if variant and not transductive_row(run.algorithm):
                 continue
-            results = results_of(algorithm, variant)
+            results = results_of(run, variant)
             if results:
-                table[algorithm] = results
-    candidate_results: dict[CandidateSection, dict[str, dict[tuple[int, int], dict[str, Any]]]] = {}
-    for split, split_runs in candidates.items():
-        candidate_results[split] = {}
-        for run, algorithm in split_runs.items():
-            draw_curve(models / run, algorithm, models / run / "curve.png")
-            candidate_results[split][run] = results_of(run)
-            if algorithm in TRANSDUCTIVE_ROWS and (results := results_of(run, True)):
-                transductive[run] = results
-    (models / "RESULTS.md").write_text(render_table(models, evaluations, args.tasks, runs, transductive,
-                                                    candidate_results), encoding="utf-8")
+                table[run.name] = results
+    by_algorithm = {run.algorithm: run for run in shipped}
+    sections: dict[CandidateSection, list[Candidate]] = {section: [] for section in CANDIDATE_SECTIONS}
+    for run in candidates:
+        placed = section_of(run, by_algorithm)
+        if placed is None:
+            continue
+        section, changed = placed
+        draw_curve(run, curve_path(models, run, shipped=False))
+        sections[section].append(Candidate(run, changed, results_of(run),
+                                           results_of(run, True) if transductive_row(run.algorithm) else {}))
+    models.mkdir(parents=True, exist_ok=True)
+    (models / "RESULTS.md").write_text(render_table(models, shipped, evaluations, args.tasks, transductive,
+                                                    sections), encoding="utf-8")
     print(f"wrote {models / 'RESULTS.md'}")
     return 0
 

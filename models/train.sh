@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The exact commands that produce the checkpoints in models/. Each run resumes where it stopped:
+# The exact commands that produce the checkpoints in models/. Each run trains into runs/RUN (ignored by
+# git: checkpoint, training state, learning curve) and resumes where it stopped:
 #   bash models/train.sh protonet        # first call starts it, later calls continue it
 # EXTRA passes further flags: EXTRA="--device cuda" trains on a GPU (the metadata records the hardware
 # of each piece); EXTRA="--max-minutes 30" trains for 30 minutes, saves and stops (resumable).
 # models/train_round_robin.sh shares one CPU between several runs this way.
+# To ship a run (its best checkpoint, model.*, into models/ALGORITHM, the folder the app loads), then
+# evaluate it and rewrite models/RESULTS.md:
+#   .venv/bin/python -m engine.results --publish runs/protonet && .venv/bin/python -m engine.results
+# A candidate is not published: `python -m engine.results` finds it in runs/ and puts it in the
+# RESULTS.md section its configuration belongs to (keeping its summary in models/eval/RUN/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:?usage: models/train.sh ALGORITHM}  # or a candidate run's name (below)
@@ -70,7 +76,8 @@ case "$config" in
   pretrain) args=(--batch-size 128 --meta-steps 18000 --meta-lr-final 0.0001 --val-every 1000 "${val[@]}") ;;
   *) echo "no configuration for $run yet" >&2; exit 2 ;;
 esac
+out=${RUNS:-runs}/$run
 resume=()
-[ -f "models/$run/resume.json" ] && resume=(--resume)
-exec "$python" -m engine.train --algorithm "$algorithm" --out "models/$run" "${args[@]}" "${split[@]}" "${resume[@]}" \
+[ -f "$out/resume.json" ] && resume=(--resume)
+exec "$python" -m engine.train --algorithm "$algorithm" --out "$out" "${args[@]}" "${split[@]}" "${resume[@]}" \
   --no-progress ${EXTRA:-}

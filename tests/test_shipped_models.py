@@ -1,10 +1,15 @@
 """Every checkpoint shipped in models/ loads and still classifies evaluation-split tasks well above
-chance, so a broken or untrained checkpoint cannot land silently; and the results tooling works."""
+chance, so a broken or untrained checkpoint cannot land silently; models/ tracks only what the app and
+RESULTS.md need; and the results tooling works."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,9 @@ from engine.data.download import file_digest
 from engine.data.omniglot import load_split
 from engine.data.tasks import task_stream
 from engine.evaluate import score, task_accuracies
+from engine.learners import LEARNERS, About
 from engine.learners.gradient import META_PREFIX
+from engine.learners.protonet import ProtoNet
 from engine.paths import REPO_ROOT
 
 MODELS = REPO_ROOT / "models"
@@ -70,63 +77,147 @@ def test_one_step_checkpoints_learned_only_their_heads_entries(name: str) -> Non
     assert moved and all(".head." in key for key in moved), moved
 
 
+def tracked_files(folder: str) -> list[str]:
+    """Paths git tracks under ``folder`` (skips when this is not a git checkout)."""
+    try:
+        listing = subprocess.run(["git", "ls-files", "-z", folder], cwd=REPO_ROOT, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [path for path in listing.stdout.decode().split("\0") if path]
+
+
+def test_models_tracks_only_shipped_checkpoints_and_evaluations() -> None:
+    """models/ holds, per shipped algorithm, its checkpoint, metadata and curve image; the evaluations and
+    run summaries in eval/; and its four documents and scripts: no training state, no candidate run folder."""
+    tracked = tracked_files("models")
+    documents = {"models/README.md", "models/RESULTS.md", "models/train.sh", "models/train_round_robin.sh"}
+    checkpoint_file = re.compile(rf"models/({'|'.join(LEARNERS)})/({'|'.join(map(re.escape, results.SHIPPED_FILES))})")
+    evaluation_file = re.compile(r"models/eval/[^/]+/[^/]+\.json|models/eval/[^/]+/curve\.png")
+    stray = [path for path in tracked
+             if path not in documents and not checkpoint_file.fullmatch(path) and not evaluation_file.fullmatch(path)]
+    assert not stray, stray
+    assert sum((REPO_ROOT / path).stat().st_size for path in tracked) <= 15 * 2**20
+
+
+def test_results_regenerate_from_the_committed_json(tmp_path: Path) -> None:
+    """With no run folder anywhere, RESULTS.md renders byte for byte as committed: every number it shows
+    comes from models/ itself (the evaluations and each run's summary in eval/)."""
+    models = tmp_path / "models"
+    shutil.copytree(MODELS, models)
+    assert results.main(["--models", str(models), "--runs", str(tmp_path / "no runs"), "--table-only"]) == 0
+    assert (models / "RESULTS.md").read_text() == (MODELS / "RESULTS.md").read_text()
+    for name in SHIPPED:  # and the curve images redraw identically from the summaries
+        assert (models / name / "curve.png").read_bytes() == (MODELS / name / "curve.png").read_bytes(), name
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_summary_describes_the_shipped_checkpoint(name: str) -> None:
+    summary = json.loads(results.summary_path(MODELS, name).read_text())
+    assert summary["checkpoint_sha256"] == file_digest(MODELS / name / "model.safetensors", "sha256")
+    assert summary["metadata"] == read_metadata(MODELS / name / "model")
+    assert summary["validation_curve"], "the curve image is drawn from the summary"
+
+
+@pytest.mark.parametrize("name", list(LEARNERS))
+def test_every_algorithm_describes_itself(name: str) -> None:
+    """What the app's "About" and RESULTS.md show: each learner sets its own ``about`` (not its parent's)."""
+    about = vars(LEARNERS[name]).get("about")
+    assert isinstance(about, About), f"{name} inherits its about"
+    assert 2 <= len(re.findall(r"[.!?](?:\s|$)", about.summary)) <= 4, about.summary
+    assert about.update_rule.strip() and "\n" not in about.update_rule
+    assert about.paper is not None and about.paper.url.startswith("https://") and about.paper.title
+    assert all(setting in results.SETTINGS and 0 < figure <= 100 for setting, figure in about.paper.figures.items())
+
+
+def render(models: Path, runs: Path) -> str:
+    """RESULTS.md rendered from ``models`` and ``runs`` without evaluating anything."""
+    assert results.main(["--models", str(models), "--runs", str(runs), "--table-only", "--tasks", "7"]) == 0
+    return (models / "RESULTS.md").read_text()
+
+
+def fake_run(folder: Path, algorithm: str, step: int, schedule: int, **train: object) -> Path:
+    """A run folder with placeholder weights and the metadata the table reads; ``train`` adds training
+    settings (e.g. ``split_scheme``: what puts a candidate in a section, whatever the folder's name)."""
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(f"{algorithm} {folder.name} weights".encode())
+    (folder / "model.json").write_text(json.dumps({"algorithm": algorithm, "meta_step": step, "val_accuracy": 0.9,
+                                                   "train": {"meta_steps": schedule, **train},
+                                                   "pieces": [], "wall_clock_seconds": 2.0}))
+    return folder
+
+
+def store_evaluation(models: Path, name: str, folder: Path, ways: int, accuracy: float,
+                     transductive: bool = False) -> None:
+    """A stored ``ways``-way 1-shot evaluation of ``accuracy`` that describes the checkpoint in ``folder``."""
+    steps, optimizer = results.test_settings(read_metadata(folder / "model"))
+    path = results.evaluation_path(models, name, ways, 1, transductive)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"algorithm": read_metadata(folder / "model")["algorithm"], "ways": ways, "shots": 1,
+                                "tasks": 7, "accuracy": accuracy, "ci95": 0.003, "inner_steps": steps,
+                                "optimizer": optimizer, "transductive": transductive,
+                                "checkpoint_sha256": file_digest(folder / "model.safetensors", "sha256")}))
+
+
 def test_results_table_from_stored_evaluations(tmp_path: Path) -> None:
-    """RESULTS.md is rendered from evaluation JSON; a changed checkpoint invalidates its evaluation."""
-    run = tmp_path / "maml"
-    run.mkdir()
-    (run / "model.safetensors").write_bytes(b"weights")
-    (run / "model.json").write_text(json.dumps({"algorithm": "maml", "meta_step": 10, "val_accuracy": 0.9,
-                                                "train": {"meta_steps": 40}, "pieces": [],
-                                                "wall_clock_seconds": 20.0}))
+    """A run is published from its training folder and RESULTS.md is rendered from evaluation JSON and
+    the run's summary; a changed checkpoint invalidates its evaluation."""
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    run = fake_run(runs / "maml", "maml", 10, 40)
     (run / "curve.jsonl").write_text("".join(json.dumps({"step": s, "seconds": 2.0 * s, "val_accuracy": 0.5 + s / 100})
                                              + "\n" for s in (5, 10)))
+    (run / "resume.safetensors").write_bytes(b"state")
+    assert results.main(["--models", str(models), "--publish", str(run)]) == 0
+    shipped = models / "maml"
+    assert sorted(path.name for path in shipped.iterdir()) == sorted(results.SHIPPED_FILES)  # no training state
     stored = {"algorithm": "maml", "ways": 5, "shots": 1, "tasks": 7, "accuracy": 0.91, "ci95": 0.02,
-              "inner_steps": 10, "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}
-    path = results.evaluation_path(tmp_path, "maml", 5, 1)
-    path.parent.mkdir(parents=True)
+              "inner_steps": 10, "checkpoint_sha256": file_digest(shipped / "model.safetensors", "sha256")}
+    path = results.evaluation_path(models, "maml", 5, 1)
     path.write_text(json.dumps(stored))
     # Matching checkpoint and task count: the stored result is used, no evaluation runs.
-    assert results.evaluate_checkpoint(tmp_path, "maml", 5, 1, 7, None, "cpu") == stored
+    [maml] = results.shipped_runs(models, runs)
+    assert results.evaluate_checkpoint(models, maml, 5, 1, 7, None, "cpu") == stored
 
     # MAML's paper normalised with the query batch: a transductive evaluation gets its own row.
-    transductive = results.evaluation_path(tmp_path, "maml", 5, 1, transductive=True)
+    transductive = results.evaluation_path(models, "maml", 5, 1, transductive=True)
     transductive.write_text(json.dumps({**stored, "accuracy": 0.95, "transductive": True}))
-    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
-    table = (tmp_path / "RESULTS.md").read_text()
+    shutil.rmtree(runs)  # the committed summary stands in for the run folder
+    table = render(models, runs)
     assert "| **maml** (ours) | 91.00 ± 2.00 | not evaluated |" in table
     assert "| maml (ours), transductive batch norm | 95.00 ± 2.00 | not evaluated |" in table
     assert "MAML (Finn et al. 2017) | 98.70 |" in table
     assert "5w1s missed by 7.7 pt" in table  # MAML must meet its figure: 98.7 - 91.0
     assert "30 steps ≈ 0.0 h" in table  # 40-step schedule, 10 done at 2 s each
     assert "unfinished schedule: the CPU budget stopped it" in table
-    assert (run / "curve.png").stat().st_size > 0
+    assert (shipped / "curve.png").stat().st_size > 0 and "[curve](maml/curve.png)" in table
 
     # A checkpoint whose configuration now adapts with other test-time settings: the stored
     # evaluation (10 steps) no longer describes it either.
-    metadata = json.loads((run / "model.json").read_text())
-    (run / "model.json").write_text(json.dumps({**metadata, "config": {"test_inner_steps": 3}}))
-    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
-    assert "**maml** (ours)" not in (tmp_path / "RESULTS.md").read_text()
-    (run / "model.json").write_text(json.dumps(metadata))
-    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
-    assert "**maml** (ours)" in (tmp_path / "RESULTS.md").read_text()
+    metadata = json.loads((shipped / "model.json").read_text())
+    (shipped / "model.json").write_text(json.dumps({**metadata, "config": {"test_inner_steps": 3}}))
+    assert "**maml** (ours)" not in render(models, runs)
+    (shipped / "model.json").write_text(json.dumps(metadata))
+    assert "**maml** (ours)" in render(models, runs)
 
     # A retrained checkpoint: the stored evaluation no longer describes it and leaves the table.
-    (run / "model.safetensors").write_bytes(b"other weights")
-    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
-    table = (tmp_path / "RESULTS.md").read_text()
+    (shipped / "model.safetensors").write_bytes(b"other weights")
+    table = render(models, runs)
     assert "**maml** (ours)" not in table and "| maml | not evaluated yet |" in table
 
 
-def test_time_per_step_is_the_latest_pieces() -> None:
-    """A run whose code got faster is estimated at its latest piece's speed; pieces too short to
-    time fall back to the run's average."""
-    pieces = [{"start_step": 0, "end_step": 1000, "seconds": 2000.0},
-              {"start_step": 1000, "end_step": 1400, "seconds": 400.0},
-              {"start_step": 1400, "end_step": 1410, "seconds": 50.0}]
-    assert results.recent_seconds_per_step(pieces, 1.75) == pytest.approx(1.0)
-    assert results.recent_seconds_per_step(pieces[2:], 1.75) == pytest.approx(1.75)
-    assert results.recent_seconds_per_step([], 1.75) == pytest.approx(1.75)
+def test_a_shipped_runs_summary_follows_its_training_folder(tmp_path: Path) -> None:
+    """While the run a checkpoint was published from keeps training (same best checkpoint), the table
+    shows how far it got; once the folder holds another checkpoint, the published one's summary stays."""
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    run = fake_run(runs / "protonet-long", "protonet", 10, 40)
+    state = {"step": 20, "train_seconds": 40.0, "train": {"meta_steps": 40}, "pieces": []}
+    (run / "resume.json").write_text(json.dumps(state))
+    assert results.main(["--models", str(models), "--publish", str(run)]) == 0
+    assert "| protonet | not evaluated yet | 90.0% (step 10) | 20 steps," in render(models, runs)
+    (run / "resume.json").write_text(json.dumps({**state, "step": 30, "train_seconds": 60.0}))
+    assert "| protonet | not evaluated yet | 90.0% (step 10) | 30 steps," in render(models, runs)
+    (run / "model.safetensors").write_bytes(b"a better checkpoint, not published")
+    (run / "resume.json").write_text(json.dumps({**state, "step": 40, "train_seconds": 80.0}))
+    assert "| protonet | not evaluated yet | 90.0% (step 10) | 30 steps," in render(models, runs)
 
 
 def test_target_extrapolation_follows_a_power_law_curve() -> None:
@@ -139,7 +230,7 @@ def test_target_extrapolation_follows_a_power_law_curve() -> None:
     slower = [(step, step / 3600, 1 - 2.0 * step ** -0.5) for step in range(100, 1100, 100)]  # 93.7% at 1000
     status = {"val_accuracy": slower[-1][2] + 0.01, "trained": 1000, "schedule": 50000, "seconds_per_step": 3.6}
     evaluated = {(5, 1): {"accuracy": slower[-1][2]}}  # evaluation 1 point below validation
-    needed = results.PUBLISHED["fomaml"].accuracy[(5, 1)] - results.TOLERANCE[(5, 1)] + 1.0  # on validation
+    needed = results.figures("fomaml")[(5, 1)] - results.TOLERANCE[(5, 1)] + 1.0  # on validation
     text = results.target_time("fomaml", evaluated, status, slower)
     steps = (2.0 / (1 - needed / 100)) ** 2
     assert f"≈ {steps:,.0f} steps" in text and f"{(steps - 1000) * 3.6 / 3600:.1f} h more" in text, text
@@ -147,52 +238,29 @@ def test_target_extrapolation_follows_a_power_law_curve() -> None:
     assert "beyond 100x" in results.target_time("fomaml", evaluated, {**status, "schedule": 50}, slower)
 
 
-def fake_run(models: Path, algorithm: str, step: int, schedule: int, folder: str | None = None) -> Path:
-    """``models/<algorithm>-characters`` (or ``folder``) with placeholder weights and the metadata the table reads
-    (not the split scheme: the folder's name says which table a run belongs to)."""
-    run = models / (folder or f"{algorithm}-characters")
-    run.mkdir()
-    (run / "model.safetensors").write_bytes(f"{algorithm} weights".encode())
-    (run / "model.json").write_text(json.dumps({"algorithm": algorithm, "meta_step": step, "val_accuracy": 0.9,
-                                                "train": {"meta_steps": schedule},
-                                                "pieces": [], "wall_clock_seconds": 2.0}))
-    return run
-
-
 def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
     """A run on the papers' character split is shown apart from the shipped rows, beside its paper."""
-    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
-    assert "On the papers' split" not in (tmp_path / "RESULTS.md").read_text()
-    run = fake_run(tmp_path, "protonet", 10, 40)
-    stored = {"algorithm": "protonet", "ways": 20, "shots": 1, "tasks": 7, "accuracy": 0.962, "ci95": 0.003,
-              "inner_steps": 0, "optimizer": None, "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}
-    path = results.evaluation_path(tmp_path, "protonet-characters", 20, 1)
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(stored))
-    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
-    table = (tmp_path / "RESULTS.md").read_text()
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    assert "On the papers' split" not in render(models, runs)
+    run = fake_run(runs / "protonet-characters", "protonet", 10, 40, split_scheme="characters")
+    store_evaluation(models, "protonet-characters", run, 20, 0.962)
+    table = render(models, runs)
     section = table[table.index("## On the papers' split"):]
     assert ("| **protonet-characters** (protonet, ours) | not evaluated | not evaluated | 96.20 ± 0.30 | not evaluated "
             "| 0 | 10 / 40 |") in section
-    # With a learning curve, the run gets its figure, linked from its row.
+    # With a learning curve, the run gets its figure (in eval/, as it is not shipped), linked from its row.
     (run / "curve.jsonl").write_text("\n".join(json.dumps({"step": step, "seconds": step, "val_accuracy": 0.9})
                                                for step in (5, 10)))
-    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
-    assert (run / "curve.png").stat().st_size > 0
-    assert "| **protonet-characters** (protonet, ours) ([curve](protonet-characters/curve.png)) |" in (
-        tmp_path / "RESULTS.md").read_text()
+    table = render(models, runs)
+    assert (models / "eval" / "protonet-characters" / "curve.png").stat().st_size > 0
+    assert "| **protonet-characters** (protonet, ours) ([curve](eval/protonet-characters/curve.png)) |" in table
 
     # A MAML-family run gets a transductive row too, as in the main table.
-    run = fake_run(tmp_path, "maml", 4, 8)
-    steps, optimizer = results.test_settings(run / "model")
+    run = fake_run(runs / "maml-characters", "maml", 4, 8, split_scheme="characters")
+    steps, _ = results.test_settings(read_metadata(run / "model"))
     for transductive, accuracy in ((False, 0.955), (True, 0.97)):
-        path = results.evaluation_path(tmp_path, "maml-characters", 5, 1, transductive)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**stored, "algorithm": "maml", "ways": 5, "accuracy": accuracy,
-                                    "inner_steps": steps, "optimizer": optimizer, "transductive": transductive,
-                                    "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}))
-    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
-    table = (tmp_path / "RESULTS.md").read_text()
+        store_evaluation(models, "maml-characters", run, 5, accuracy, transductive)
+    table = render(models, runs)
     section = table[table.index("## On the papers' split"):]
     rest = f"| not evaluated | not evaluated | not evaluated | {steps} | 4 / 8 |"
     assert f"| **maml-characters** (maml, ours) | 95.50 ± 0.30 {rest}" in section
@@ -203,36 +271,51 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
 
     # With the shipped maml evaluated too, the split's worth at the targets' settings, and the verdicts.
     assert "What the split is worth" not in section
-    shipped = fake_run(tmp_path, "maml", 4, 8, folder="maml")
-    path = results.evaluation_path(tmp_path, "maml", 5, 1)
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({**stored, "algorithm": "maml", "ways": 5, "accuracy": 0.93, "inner_steps": steps,
-                                "optimizer": optimizer,
-                                "checkpoint_sha256": file_digest(shipped / "model.safetensors", "sha256")}))
-    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
-    section = (tmp_path / "RESULTS.md").read_text().split("## On the papers' split")[1]
-    assert ("| maml-characters | +2.50 | — | 5w1s missed by 3.2 pt | 5w1s missed by 5.7 pt |") in section
+    shipped = fake_run(models / "maml", "maml", 4, 8)
+    store_evaluation(models, "maml", shipped, 5, 0.93)
+    table = render(models, runs)
+    section = table.split("## On the papers' split")[1]
+    assert "| maml-characters | +2.50 | — | 5w1s missed by 3.2 pt | 5w1s missed by 5.7 pt |" in section
     assert "| protonet-characters |" not in section  # no shipped protonet to compare with
 
+    # Without the run folders the table is the same: each candidate's summary is in eval/.
+    shutil.rmtree(runs)
+    assert render(models, runs) == table
 
-def evaluated_run(models: Path, folder: str, algorithm: str, accuracy: float) -> None:
-    """A fake run in ``models/<folder>`` with a stored 5-way 1-shot evaluation of ``accuracy``."""
-    run = fake_run(models, algorithm, 10, 40, folder=folder)
-    steps, optimizer = results.test_settings(run / "model")
-    path = results.evaluation_path(models, folder, 5, 1)
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"algorithm": algorithm, "ways": 5, "shots": 1, "tasks": 7, "accuracy": accuracy,
-                                "ci95": 0.003, "inner_steps": steps, "optimizer": optimizer,
-                                "checkpoint_sha256": file_digest(run / "model.safetensors", "sha256")}))
+
+def test_a_candidates_section_comes_from_its_metadata_not_its_name(tmp_path: Path) -> None:
+    """Oddly named runs land where their configuration says: one on the character split in the papers'
+    split section, one whose name claims that split but whose metadata is the shipped configuration in
+    none, one with 2 inner steps among the candidate settings, with its change spelled out."""
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    shipped = fake_run(models / "protonet", "protonet", 10, 40)
+    store_evaluation(models, "protonet", shipped, 5, 0.983)
+    store_evaluation(models, "ours-again", fake_run(runs / "ours-again", "protonet", 10, 40), 5, 0.95)
+    store_evaluation(models, "trial-7", fake_run(runs / "trial-7", "protonet", 10, 40, split_scheme="characters"),
+                     5, 0.99)
+    store_evaluation(models, "maml-characters", fake_run(runs / "maml-characters", "maml", 10, 40), 5, 0.97)
+    fake_run(models / "maml", "maml", 10, 40)
+    two_steps = fake_run(runs / "x", "maml", 10, 40)
+    metadata = json.loads((two_steps / "model.json").read_text())
+    (two_steps / "model.json").write_text(json.dumps({**metadata, "config": {"inner_steps": 2}}))
+    store_evaluation(models, "x", two_steps, 5, 0.96)
+    table = render(models, runs)
+    papers, settings = table.split("## On the papers' split")[1].split("## Candidate settings")
+    assert "| **trial-7** (protonet, ours) | 99.00 ± 0.30 |" in papers
+    assert "| trial-7 | +0.70 | — | 5w1s met | 5w1s missed by 0.5 pt |" in papers
+    assert "maml-characters" not in table and "ours-again" not in table
+    maml_steps = results.configuration({"algorithm": "maml"})["config.inner_steps"]
+    assert f"| **x** (maml, ours; inner_steps {maml_steps} → 2) | 96.00 ± 0.30 |" in settings
 
 
 def test_runs_on_all_background_alphabets_are_compared_with_the_shipped_run(tmp_path: Path) -> None:
-    """A run trained on the validation alphabets too (``<algorithm>-background``) gets its own section,
+    """A run trained on the validation alphabets too (split scheme ``background``) gets its own section,
     not the papers' split's, with what those alphabets are worth against the shipped run."""
-    evaluated_run(tmp_path, "protonet-background", "protonet", 0.989)
-    evaluated_run(tmp_path, "protonet", "protonet", 0.983)
-    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
-    table = (tmp_path / "RESULTS.md").read_text()
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    store_evaluation(models, "protonet-background",
+                     fake_run(runs / "protonet-background", "protonet", 10, 40, split_scheme="background"), 5, 0.989)
+    store_evaluation(models, "protonet", fake_run(models / "protonet", "protonet", 10, 40), 5, 0.983)
+    table = render(models, runs)
     assert "## On the papers' split" not in table
     section = table.split("## On all 30 background alphabets")[1]
     assert "| **protonet-background** (protonet, ours) | 98.90 ± 0.30 | not evaluated |" in section
@@ -242,16 +325,51 @@ def test_runs_on_all_background_alphabets_are_compared_with_the_shipped_run(tmp_
 
 
 def test_runs_that_change_one_setting_are_compared_with_the_shipped_run(tmp_path: Path) -> None:
-    """Candidates that change one setting (``mc2-2steps``, ``mc2-ways5to20``: several suffixes, one section)
-    are listed apart from the shipped rows, each against the shipped run of its algorithm."""
-    evaluated_run(tmp_path, "mc2-2steps", "mc2", 0.97)
-    evaluated_run(tmp_path, "mc2-ways5to20", "mc2", 0.95)
-    evaluated_run(tmp_path, "mc2", "mc2", 0.96)
-    assert results.main(["--models", str(tmp_path), "--table-only", "--tasks", "7"]) == 0
-    table = (tmp_path / "RESULTS.md").read_text()
+    """Candidates that change one setting (2 inner steps; 5- to 20-way episodes: several settings, one
+    section) are listed apart from the shipped rows, each against the shipped run of its algorithm."""
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    two_steps = fake_run(runs / "mc2-2steps", "mc2", 10, 40)
+    metadata = json.loads((two_steps / "model.json").read_text())
+    (two_steps / "model.json").write_text(json.dumps({**metadata, "config": {"inner_steps": 2}}))
+    store_evaluation(models, "mc2-2steps", two_steps, 5, 0.97)
+    ways = fake_run(runs / "mc2-ways5to20", "mc2", 10, 40, ways=20)
+    (ways / "model.json").write_text(json.dumps({**json.loads((ways / "model.json").read_text()),
+                                                 "config": {"min_train_ways": 5}}))
+    store_evaluation(models, "mc2-ways5to20", ways, 5, 0.95)
+    store_evaluation(models, "mc2", fake_run(models / "mc2", "mc2", 10, 40, ways=5), 5, 0.96)
+    table = render(models, runs)
     shipped, section = table.split("## Candidate settings")
     assert "| **mc2** (ours) | 96.00 ± 0.30 |" in shipped and "mc2-" not in shipped
-    assert "| **mc2-2steps** (mc2, ours) | 97.00 ± 0.30 | not evaluated |" in section
-    assert "| **mc2-ways5to20** (mc2, ours) | 95.00 ± 0.30 | not evaluated |" in section
+    default_steps = results.configuration({"algorithm": "mc2"})["config.inner_steps"]
+    assert f"| **mc2-2steps** (mc2, ours; inner_steps {default_steps} → 2) | 97.00 ± 0.30 | not evaluated |" in section
+    assert "| **mc2-ways5to20** (mc2, ours; min_train_ways none → 5, ways 5 → 20) | 95.00 ± 0.30 |" in section
     assert "| mc2-2steps | +1.00 | — | 5w1s missed by 1.8 pt | 5w1s missed by 2.8 pt |" in section
     assert "| mc2-ways5to20 | -1.00 | — | 5w1s missed by 3.8 pt | 5w1s missed by 2.8 pt |" in section
+
+
+def test_a_learner_without_paper_figures_still_gets_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newly registered algorithm that names no paper: its rows, no published row, no target."""
+
+    class Paperless(ProtoNet):
+        name = "paperless"
+        about = About(summary="Made up. For this test.", update_rule="none")
+
+    monkeypatch.setitem(LEARNERS, "paperless", Paperless)
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    store_evaluation(models, "paperless", fake_run(models / "paperless", "paperless", 10, 10), 5, 0.91)
+    table = render(models, runs)
+    assert "| **paperless** (ours) | 91.00 ± 0.30 | not evaluated |" in table
+    assert "| paperless | no single published figure | 90.0% (step 10) |" in table
+
+
+def test_train_sh_trains_into_runs_and_resumes_there(tmp_path: Path) -> None:
+    """models/train.sh writes a run into runs/RUN (or $RUNS/RUN), never into models/, and resumes it."""
+    def command(run: str, **env: str) -> str:
+        return subprocess.run(["bash", "models/train.sh", run], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True, env={**os.environ, "PYTHON": "echo", **env}).stdout
+
+    assert "--algorithm maml --out runs/maml " in command("maml") and "--resume" not in command("maml")
+    (tmp_path / "mc2-2steps").mkdir()
+    (tmp_path / "mc2-2steps" / "resume.json").write_text("{}")
+    resumed = command("mc2-2steps", RUNS=str(tmp_path))
+    assert f"--algorithm mc2 --out {tmp_path}/mc2-2steps " in resumed and "--resume" in resumed

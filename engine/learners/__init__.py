@@ -6,11 +6,13 @@ it then appears in ``engine.train``, ``engine.evaluate``, the benchmarks and the
 
 from engine.learners.base import (
     LEARNERS,
+    About,
     AdaptSettings,
     Adapted,
     Learner,
     LearnerConfig,
     MetaLoss,
+    PaperReference,
     StepRecord,
     get_learner_class,
     register_learner,
@@ -22,6 +24,6 @@ from engine.learners import (  # noqa: E402,F401
 )
 
 __all__ = [
-    "LEARNERS", "AdaptSettings", "Adapted", "Learner", "LearnerConfig", "MetaLoss", "StepRecord",
-    "get_learner_class", "register_learner",
+    "LEARNERS", "About", "AdaptSettings", "Adapted", "Learner", "LearnerConfig", "MetaLoss", "PaperReference",
+    "StepRecord", "get_learner_class", "register_learner",
 ]

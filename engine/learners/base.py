@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -105,6 +105,37 @@ class MetaLoss:
     query_accuracy: float
 
 
+@dataclass(frozen=True)
+class PaperReference:
+    """The paper an algorithm comes from, and the Omniglot figures of it that RESULTS.md sets beside ours."""
+
+    citation: str  # "Finn et al. 2017"
+    title: str
+    url: str
+    # How RESULTS.md's row names these figures, e.g. "first-order MAML (Finn et al. 2017)".
+    label: str
+    # Published Omniglot test accuracy (percent) by (ways, shots); empty where the paper reports none
+    # comparable to ours (e.g. another architecture), and then no target is judged.
+    figures: Mapping[tuple[int, int], float] = field(default_factory=dict)
+    # Meta-training iterations of the paper's Omniglot run, where the paper states them.
+    meta_steps: int | None = None
+    # The figures normalise batch norm with the query batch, so ours is evaluated that way too.
+    transductive: bool = False
+    # The project's target for this algorithm: meet or beat the figures, not just come within a tolerance.
+    must_match: bool = False
+
+
+@dataclass(frozen=True)
+class About:
+    """What the app and RESULTS.md say about an algorithm, kept with its learner class."""
+
+    summary: str  # 2-4 sentences: what it learns and how it adapts
+    update_rule: str  # its adaptation (inner-loop) update as one formula, in plain text
+    paper: PaperReference | None = None
+    # RESULTS.md's note on the shipped run: what its table rows alone cannot say ("" for none).
+    notes: str = ""
+
+
 class Learner(ABC):
     """Base class of every algorithm. Subclasses set ``name``, ``config_class`` and implement
     ``meta_loss`` and ``adapt``."""
@@ -117,6 +148,8 @@ class Learner(ABC):
     has_inner_loop: ClassVar[bool] = True
     # The values ``AdaptSettings.finetune`` may take for this learner (empty: it has no such choice).
     finetune_modes: ClassVar[tuple[str, ...]] = ()
+    # Its description, paper and published figures; every registered algorithm sets its own.
+    about: ClassVar[About] = About(summary="", update_rule="")
 
     def __init__(self, config: LearnerConfig | None = None, backbone: BackboneConfig | None = None,
                  params: Params | None = None, seed: int = 0) -> None:
@@ -234,6 +267,6 @@ def mean_metrics(losses: list[Tensor], accuracies: list[float]) -> tuple[float, 
 
 
 __all__ = [
-    "AdaptSettings", "Adapted", "LEARNERS", "Learner", "LearnerConfig", "MetaLoss", "StepRecord",
-    "Stopwatch", "accuracy", "get_learner_class", "mean_metrics", "query_meta_loss", "register_learner",
+    "About", "AdaptSettings", "Adapted", "LEARNERS", "Learner", "LearnerConfig", "MetaLoss", "PaperReference",
+    "StepRecord", "Stopwatch", "accuracy", "get_learner_class", "mean_metrics", "query_meta_loss", "register_learner",
 ]

@@ -50,8 +50,8 @@ from torch import Tensor
 
 from engine.data.tasks import Task, sample_task
 from engine.learners.base import (
-    AdaptSettings, Adapted, Learner, LearnerConfig, MetaLoss, StepRecord, Stopwatch, accuracy, query_meta_loss,
-    register_learner,
+    About, AdaptSettings, Adapted, Learner, LearnerConfig, MetaLoss, PaperReference, StepRecord, Stopwatch, accuracy,
+    query_meta_loss, register_learner,
 )
 from engine.nets import BackboneConfig, Params, embed
 
@@ -239,6 +239,18 @@ class BlackBox(Learner):
     # (85% vs 82%) and even on 5-way 5-shot (94% vs 92%): a class's mean output needs no practice
     # to average more support tokens, and a 1-shot episode spends more of its images on queries.
     train_defaults = {"ways": 20, "shots": 1, "queries": 5, "meta_batch": 2}
+    about = About(
+        summary="A black-box learner: a Transformer reads the labelled support set, each image's features plus "
+                "an embedding of its label, and query tokens attend to it, so adapting is one forward pass with "
+                "no gradient steps. A query's logit for a class is its distance to the class's mean support "
+                "output, so one checkpoint serves any 2 to 20 classes and any number of shots.",
+        update_rule="o = Transformer(W f_θ(x_i) + E[y_i] for the support, W f_θ(x) + u for the query);  "
+                    "logit_c(x) = −‖o(x) − mean_{i: y_i = c} o(x_i)‖² / √d",
+        # The closest published design (attention over the labelled support set); its Omniglot figures come
+        # from another architecture (temporal convolutions and attention), so none are compared with ours.
+        paper=PaperReference(
+            citation="Mishra et al. 2018", title="A Simple Neural Attentive Meta-Learner",
+            url="https://arxiv.org/abs/1707.03141", label="SNAIL (Mishra et al. 2018)"))
 
     def init_params(self, generator: torch.Generator) -> Params:
         return {**super().init_params(generator),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine import kernels
-from engine.learners.base import MetaLoss, query_meta_loss, register_learner
+from engine.learners.base import About, MetaLoss, PaperReference, query_meta_loss, register_learner
 from engine.learners.gradient import GradientLearner, GradientTransform, inner_loop, straight_through
 from engine.nets import Params, backbone_only, classify, embed
 from engine.optim import InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
@@ -66,6 +66,17 @@ class MAML(GradientLearner):
 
     name = "maml"
     first_order = False
+    about = About(
+        summary="Meta-learns an initialisation from which a few gradient steps on a new task's support set fit "
+                "that task. The meta-gradient differentiates the query loss after the inner steps through the "
+                "steps themselves (second-order derivatives). Here the classifier head starts at zero, so one "
+                "checkpoint serves any number of classes.",
+        update_rule="φ_0 = θ,  φ_{k+1} = φ_k − α ∇_φ L_support(φ_k)",
+        paper=PaperReference(
+            citation="Finn et al. 2017", title="Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
+            url="https://arxiv.org/abs/1703.03400", label="MAML (Finn et al. 2017)",
+            figures={(5, 1): 98.7, (5, 5): 99.9, (20, 1): 95.8, (20, 5): 98.9}, meta_steps=60_000,
+            transductive=True, must_match=True))
 
     def adapted_weights(self, task: "Task") -> Params:
         """The task's fast weights as a differentiable function of ``self.params``."""
@@ -146,3 +157,13 @@ class FirstOrderMAML(MAML):
 
     name = "fomaml"
     first_order = True
+    about = About(
+        summary="MAML without second-order derivatives: the query loss's gradient at the adapted weights is "
+                "applied to the initialisation as if the inner steps were the identity. Each meta-step is "
+                "cheaper; adaptation at test time is the same gradient descent as MAML's.",
+        update_rule="φ_0 = θ,  φ_{k+1} = φ_k − α ∇_φ L_support(φ_k)",
+        paper=PaperReference(
+            citation="Finn et al. 2017", title="Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
+            url="https://arxiv.org/abs/1703.03400", label="first-order MAML (Finn et al. 2017)",
+            figures={(5, 1): 98.3, (5, 5): 99.2, (20, 1): 89.4, (20, 5): 97.9}, meta_steps=60_000,
+            transductive=True))

@@ -18,12 +18,27 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from engine.learners.base import register_learner
+from engine.learners.base import About, PaperReference, register_learner
 from engine.learners.gradient import META_PREFIX, GradientTransform
 from engine.learners.maml import MAML
 from engine.nets import Params
 
 MC_PREFIX = META_PREFIX + "mc."
+
+
+def one_step_note(name: str, what: str, verdict: str) -> str:
+    """RESULTS.md's note on why a 1-step run (metasgd, mc2) learns less than its paper: from the zero head
+    the first step moves only the head (engine/learners/maml.py's zero_head_step), so the backbone's
+    ``what`` get no meta-gradient; ``verdict`` says how the 2-step candidate ``<name>-2steps`` did."""
+    return ("With one inner step it also learns less than its paper: from our zero head (so that one "
+            f"checkpoint serves any number of classes) the first step moves only the head, so the backbone's "
+            f"{what} get no meta-gradient and stay exactly at their start in this checkpoint; only the head's "
+            "are meta-learned (`tests/test_metacurvature.py` checks why, `tests/test_shipped_models.py` the "
+            "checkpoint). The papers meta-learn a head for a "
+            "fixed number of classes, whose first step moves every layer. Learning them does not help "
+            f"here, though: the 2-step candidate (`bash models/train.sh {name}-2steps`, the same schedule "
+            f"with 2 inner steps, whose second step uses them) {verdict} (its row in the "
+            "section on candidate settings), so this checkpoint stays.")
 
 
 def curvature_transform(gradient: Tensor, m_out: Tensor | None, m_in: Tensor, m_filter: Tensor) -> Tensor:
@@ -89,9 +104,39 @@ class MetaCurvature(MAML):
 class MetaCurvature1(MetaCurvature):
     name = "mc1"
     learn_output_matrix = False
+    about = About(
+        summary="MAML whose inner-loop gradients pass through meta-learned curvature matrices, one per filter "
+                "position and per input channel of each conv layer (Kronecker-factored), which reshape every "
+                "step. mc1 keeps the output-channel matrix fixed at the identity, so it learns fewer "
+                "matrices than mc2.",
+        update_rule="φ = θ − α MC(∇_θ L_support(θ)),  MC(G) = G ×₃ M_f ×₂ M_i  (M_f, M_i meta-learned)",
+        # RESULTS.md sets the paper's MC2 figures beside mc2 only.
+        paper=PaperReference(citation="Park & Oliva 2019", title="Meta-Curvature",
+                             url="https://arxiv.org/abs/1902.03356", label="Meta-Curvature MC1 (Park & Oliva 2019)"))
 
 
 @register_learner
 class MetaCurvature2(MetaCurvature):
     name = "mc2"
     learn_output_matrix = True
+    about = About(
+        summary="Meta-Curvature with all three Kronecker factors learned: filter positions, input channels and "
+                "output channels. The curvature multiplies every gradient of the inner loop, so the matrices "
+                "are fitted to the number of steps it trains with, and adaptation takes that many.",
+        update_rule="φ = θ − α MC(∇_θ L_support(θ)),  MC(G) = G ×₃ M_f ×₂ M_i ×₁ M_o  (all meta-learned)",
+        paper=PaperReference(
+            citation="Park & Oliva 2019", title="Meta-Curvature", url="https://arxiv.org/abs/1902.03356",
+            label="Meta-Curvature MC2 (Park & Oliva 2019)",
+            figures={(5, 1): 99.77, (5, 5): 99.79, (20, 1): 97.86, (20, 5): 99.24}),
+        notes="adapts with as many steps as it was meta-trained for (1), like mc1: the learned curvature "
+              "multiplies every gradient, and repeated steps overshoot. 5-way 5-shot validation tasks: 98.63% "
+              "after 1 step against 81.14% after 10 (`python -m engine.evaluate --checkpoint models/mc2/model "
+              "--ways 5 --shots 5 --tasks 200 --split validation --inner-steps 10`, then without `--inner-steps`; "
+              "checkpoint of step 8750). "
+              + one_step_note("mc2", "curvature matrices",
+                              "validates higher (97.1% against 96.6%) and gains 0.4 points at 5-way "
+                              "1-shot, within the intervals, but loses 1.5 at 20-way 1-shot and some at "
+                              "both 5-shot settings")
+              + " In the shipped checkpoint, then, mc2's output-channel matrices, all it adds to mc1, are never "
+              "learned: on the papers' split "
+              "mc1 and mc2 trained to the same weights and scores.")

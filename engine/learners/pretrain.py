@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.data.tasks import ROTATIONS, Task
-from engine.learners.base import AdaptSettings, LearnerConfig, MetaLoss, query_meta_loss, register_learner
+from engine.learners.base import (
+    About, AdaptSettings, LearnerConfig, MetaLoss, PaperReference, query_meta_loss, register_learner,
+)
 from engine.learners.gradient import META_PREFIX, GradientConfig, GradientLearner
 from engine.nets import Params, embed
 from engine.optim import LearningRate
@@ -116,6 +118,16 @@ class Pretrain(GradientLearner):
     # Ordinary classification: the episode settings (ways, shots, queries, meta_batch) are unused;
     # validation still adapts on 5-way 1-shot tasks.
     train_defaults = {"meta_steps": 10000, "val_every": 500}
+    about = About(
+        summary="The transfer-learning baseline, with nothing meta-learned: the network is trained as an ordinary "
+                "classifier over every training class, then a new zero head is fitted to each task's support "
+                "set by gradient steps, on the frozen features or on every layer. It shows what episodic "
+                "meta-training adds.",
+        update_rule="w_{k+1} = w_k − α ∇_w L_support(w_k),  w: a zero head on f_θ's features (or all layers)",
+        # Its experiments use other backbones and benchmarks, so no figures of it are compared with ours.
+        paper=PaperReference(
+            citation="Chen et al. 2019", title="A Closer Look at Few-shot Classification",
+            url="https://arxiv.org/abs/1904.04232", label="Baseline (Chen et al. 2019)"))
 
     @classmethod
     def config_for_data(cls, config: LearnerConfig, chars: "CharacterSet", train: "TrainConfig") -> LearnerConfig:

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from engine import kernels
 from engine.learners.base import (
-    AdaptSettings, Adapted, Learner, MetaLoss, StepRecord, Stopwatch, accuracy, query_meta_loss, register_learner,
+    About, AdaptSettings, Adapted, Learner, MetaLoss, PaperReference, StepRecord, Stopwatch, accuracy,
+    query_meta_loss, register_learner,
 )
 from engine.nets import Params, embed
 
@@ -40,6 +41,28 @@ class ProtoNet(Learner):
     has_inner_loop = False
     # The paper trains on more ways than it tests (60-way episodes, 5 queries per class).
     train_defaults = {"ways": 60, "queries": 5, "meta_batch": 1}
+    about = About(
+        summary="A metric-based learner: it meta-learns an embedding in which each class is represented by the "
+                "mean embedding (prototype) of its support examples, and a query is classified by its distance "
+                "to the prototypes. Adapting is one forward pass over the support set, with no gradient steps.",
+        update_rule="p_c = mean_{i: y_i = c} f_θ(x_i),  logit_c(x) = −‖f_θ(x) − p_c‖²",
+        paper=PaperReference(
+            citation="Snell et al. 2017", title="Prototypical Networks for Few-shot Learning",
+            url="https://arxiv.org/abs/1703.05175", label="Prototypical Networks (Snell et al. 2017)",
+            figures={(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9}, must_match=True),
+        notes="trains and ships on the paper's max-pooling Conv-4 (`--downsample maxpool` in models/train.sh), "
+              "which convolves at 4x the resolution of the stride-2 Conv-4 the other algorithms use: ProtoNet "
+              "adapts with one forward pass, so the app pays that only once per task (its row in the README's "
+              "Performance tables). The stride-2 run it replaced, on the same 20k-episode schedule (2.3 h on "
+              "one thread), scored 97.44 / 99.43 / 92.58 / 98.05 (`git show 5bfeb0e:models/RESULTS.md`). It is "
+              "now within 1 point at 5-way 1-shot and 2 at 20-way 1-shot, but does not yet meet the paper's "
+              "figures, as its target asks. Still unlike the paper: queries are normalised with the support "
+              "set's statistics only, and one 1-shot-trained model serves the 5-shot settings, where the paper "
+              "trains one per shot count. Neither is what holds it back: the same configuration trained and "
+              "tested on the papers' character split meets or beats all four published figures (the section "
+              "on the papers' split), so the shortfall here is our harder split: its unseen alphabets, not "
+              "the amount of training data, since training on the 5 validation alphabets too (176 more "
+              "characters) hardly helps (the section on all 30 background alphabets).")
 
     def episode_logits(self, params: Params, task: "Task") -> tuple[Tensor, Tensor]:
         """Support and query logits of one episode; batch-norm statistics from the support set."""
