@@ -7,8 +7,9 @@
 Shipped runs are ``<models>/<algorithm>/model.*`` (the app loads them); training writes into ``runs/<run>``
 (ignored by git: ``resume.*``, ``last.*``, ``curve.jsonl`` and the checkpoint), and ``--publish`` copies a run's
 checkpoint into ``<models>/<algorithm>/``. Candidate runs stay in ``runs/``. For every shipped or candidate run
-and every setting (5-way 1-shot, 5-way 5-shot, 20-way 1-shot, 20-way 5-shot) it runs ``python -m
-engine.evaluate`` on ``--tasks`` evaluation-split tasks and stores the JSON in ``<models>/eval/<run>/``
+and every setting (5-way 1-shot, 5-way 5-shot, 20-way 1-shot, 20-way 5-shot, and 20-way 1-shot with every class
+from one alphabet) it runs ``python -m engine.evaluate`` on ``--tasks`` evaluation-split tasks, on the image
+pipeline the checkpoint was trained on, and stores the JSON in ``<models>/eval/<run>/``
 (``<run>``: the algorithm's name for a shipped run), keyed by the checkpoint's SHA-256, so a rerun only
 evaluates checkpoints that changed. What the table reads from a run folder (training time and hardware,
 steps trained, the validation curve, the configuration) goes into ``<models>/eval/<run>/run.json`` whenever
@@ -31,7 +32,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -42,17 +43,32 @@ from engine.data.download import file_digest
 from engine.data.omniglot import VALIDATION_SOURCES
 from engine.learners import LEARNERS, AdaptSettings, PaperReference
 from engine.paths import REPO_ROOT
-from engine.train import TrainConfig
+from engine.train import LEGACY_TRAIN_SETTINGS, TrainConfig
 
-SETTINGS: tuple[tuple[int, int], ...] = ((5, 1), (5, 5), (20, 1), (20, 5))
+
+class Setting(NamedTuple):
+    """One evaluation setting: N-way K-shot, classes from any alphabets or all from one (Lake et al. 2015's
+    within-alphabet benchmark). Equal to the plain ``(ways, shots, False)`` tuple."""
+
+    ways: int
+    shots: int
+    within_alphabet: bool = False
+
+
+WITHIN_ALPHABET = Setting(20, 1, True)
+SETTINGS: tuple[Setting, ...] = (Setting(5, 1), Setting(5, 5), Setting(20, 1), Setting(20, 5), WITHIN_ALPHABET)
+TRANSDUCTIVE_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if not s.within_alphabet)
+"""Transductive rows are the papers' protocol, which has no within-alphabet task."""
 EVAL_SEED = 0
 # A run's summary in <models>/eval/<run>/: what RESULTS.md reads from its folder.
 SUMMARY = "run.json"
 # What a shipped algorithm's folder in models/ holds (tests/test_shipped_models.py checks git's index).
 SHIPPED_FILES = ("model.safetensors", "model.json", "curve.png")
-# The issue's targets: within this many points of the published 5w1s and 20w1s figures (or meet them,
+# Targets: within this many points of the published 5w1s and 20w1s figures (or meet them,
 # for a paper whose ``must_match`` is set).
-TOLERANCE = {(5, 1): 1.0, (20, 1): 2.0}
+TOLERANCE = {Setting(5, 1): 1.0, Setting(20, 1): 2.0}
+WORTH_SETTINGS = (*TOLERANCE, WITHIN_ALPHABET)
+"""The settings at which a candidate is set against its shipped run."""
 
 
 def paper(algorithm: str) -> PaperReference | None:
@@ -60,10 +76,10 @@ def paper(algorithm: str) -> PaperReference | None:
     return LEARNERS[algorithm].about.paper if algorithm in LEARNERS else None
 
 
-def figures(algorithm: str) -> Mapping[tuple[int, int], float]:
+def figures(algorithm: str) -> Mapping[Setting, float]:
     """The published Omniglot figures for ``algorithm`` (empty when its paper has none to compare with)."""
     reference = paper(algorithm)
-    return {} if reference is None else reference.figures
+    return {} if reference is None else {Setting(*key): figure for key, figure in reference.figures.items()}
 
 
 def transductive_row(algorithm: str) -> bool:
@@ -143,11 +159,23 @@ OTHER_SETTINGS = CandidateSection(
         "the ones above)."),
     "What the change is worth",
     settings=("config.inner_steps", "train.ways", "config.min_train_ways", "train.shots", "train.meta_steps"))
-CANDIDATE_SECTIONS = (PAPERS_SPLIT, ALL_BACKGROUND, OTHER_SETTINGS)
+PIPELINE_AND_AUGMENTATION = CandidateSection(
+    "the candidate", "One image pipeline and augmentation", (
+        "Runs trained on the canonical image pipeline (every drawing through the app's own preprocessing,",
+        "`--pipeline canonical`) and/or with handwriting augmentation (`--augment`), against the shipped run",
+        "trained on the plain resize without augmentation. Each is evaluated on the pipeline it was trained",
+        "on (the app serves every checkpoint through the canonical one). Cells as above, on the same unseen",
+        "evaluation alphabets; a run listed here is not shipped (the app's checkpoints are the ones above)."),
+    "What the pipeline and augmentation are worth", settings=("train.pipeline", "train.augment"))
+CANDIDATE_SECTIONS = (PAPERS_SPLIT, ALL_BACKGROUND, PIPELINE_AND_AUGMENTATION, OTHER_SETTINGS)
 
 
-def setting_name(ways: int, shots: int) -> str:
-    return f"{ways}w{shots}s"
+def setting_name(ways: int, shots: int, within_alphabet: bool = False) -> str:
+    return f"{ways}w{shots}s" + ("-within-alphabet" if within_alphabet else "")
+
+
+def setting_heading(setting: Setting) -> str:
+    return setting_name(setting.ways, setting.shots) + (" within one alphabet" if setting.within_alphabet else "")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -236,7 +264,7 @@ def configuration(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's settings as flat keys ("config.inner_steps", "train.split_scheme"), with the defaults
     of what its metadata leaves out, so that runs recorded by older code compare with newer ones."""
     config = dataclasses.asdict(build_learner(metadata).config)
-    train = {**dataclasses.asdict(TrainConfig()), **(metadata.get("train") or {})}
+    train = {**dataclasses.asdict(TrainConfig()), **LEGACY_TRAIN_SETTINGS, **(metadata.get("train") or {})}
     return {**{f"config.{key}": value for key, value in config.items()},
             **{f"train.{key}": value for key, value in train.items()}}
 
@@ -264,11 +292,17 @@ def section_of(run: Run, shipped: Mapping[str, Run]) -> tuple[CandidateSection, 
     return None
 
 
-def evaluation_path(models: Path, run: str, ways: int, shots: int, transductive: bool = False) -> Path:
+def evaluation_path(models: Path, run: str, setting: Setting, transductive: bool = False) -> Path:
     """Where ``run``'s evaluation is stored (``run``: a candidate's folder name in runs/, the algorithm's
     name for a shipped run)."""
     suffix = "-transductive" if transductive else ""
-    return models / "eval" / run / f"{setting_name(ways, shots)}{suffix}.json"
+    return models / "eval" / run / f"{setting_name(*setting)}{suffix}.json"
+
+
+def trained_pipeline(metadata: Mapping[str, Any]) -> str:
+    """The image pipeline a checkpoint was meta-trained on, which its evaluations use (engine.data.omniglot's
+    ``PIPELINES``; runs recorded before the setting existed trained on the legacy one)."""
+    return str((metadata.get("train") or {}).get("pipeline", LEGACY_TRAIN_SETTINGS["pipeline"]))
 
 
 def test_settings(metadata: Mapping[str, Any]) -> tuple[int, str | None]:
@@ -280,12 +314,14 @@ def test_settings(metadata: Mapping[str, Any]) -> tuple[int, str | None]:
 
 
 def describes(stored: dict[str, Any] | None, sha: str, settings: tuple[int, str | None],
-              tasks: int | None = None, transductive: bool = False) -> bool:
+              tasks: int | None = None, transductive: bool = False, pipeline: str | None = None) -> bool:
     """Whether a stored evaluation still describes the checkpoint: same weights (SHA-256), same
     test-time steps and optimizer (they are part of the checkpoint's configuration and can change
-    without the weights changing), and ``tasks`` if given. Evaluations stored before the optimizer
-    was recorded ran plain sgd."""
+    without the weights changing), ``tasks`` and the image ``pipeline`` if given. Evaluations stored
+    before the optimizer was recorded ran plain sgd, and those before the pipeline was, the legacy one."""
     if stored is None or stored.get("checkpoint_sha256") != sha or (tasks is not None and stored.get("tasks") != tasks):
+        return False
+    if pipeline is not None and stored.get("pipeline", LEGACY_TRAIN_SETTINGS["pipeline"]) != pipeline:
         return False
     if bool(stored.get("transductive", False)) != transductive:
         return False
@@ -302,26 +338,28 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-def evaluate_checkpoint(models: Path, run: Run, ways: int, shots: int, tasks: int,
+def evaluate_checkpoint(models: Path, run: Run, setting: Setting, tasks: int,
                         data_dir: str | None, device: str, transductive: bool = False) -> dict[str, Any]:
     """The stored evaluation when it matches the checkpoint and task count, else a fresh one (which needs
-    the checkpoint here)."""
+    the checkpoint here), on the pipeline the checkpoint was trained on."""
     sha = run.summary["checkpoint_sha256"]
-    path = evaluation_path(models, run.name, ways, shots, transductive)
+    path = evaluation_path(models, run.name, setting, transductive)
     stored = read_json(path)
-    if describes(stored, sha, test_settings(run.metadata), tasks, transductive):
+    pipeline = trained_pipeline(run.metadata)
+    if describes(stored, sha, test_settings(run.metadata), tasks, transductive, pipeline):
         return stored  # type: ignore[return-value]
     if run.checkpoint is None:
         raise RuntimeError(f"{run.name} has no checkpoint here to evaluate (only its summary is committed)")
     checkpoint = run.checkpoint
-    argv = ["--checkpoint", str(checkpoint), "--ways", str(ways), "--shots", str(shots), "--tasks", str(tasks),
-            "--seed", str(EVAL_SEED), *(["--transductive"] if transductive else [])]
+    argv = ["--checkpoint", str(checkpoint), "--ways", str(setting.ways), "--shots", str(setting.shots),
+            "--tasks", str(tasks), "--seed", str(EVAL_SEED), *(["--transductive"] if transductive else []),
+            *(["--within-alphabet"] if setting.within_alphabet else []), "--pipeline", pipeline]
     shown = [shown_path(checkpoint) if a == str(checkpoint) else a for a in argv]
     if data_dir is not None:
         argv += ["--data-dir", data_dir]
     path.parent.mkdir(parents=True, exist_ok=True)
     if evaluate.main([*argv, "--device", device, "--json", str(path)]) != 0:
-        raise RuntimeError(f"engine.evaluate failed for {run.name} {setting_name(ways, shots)}")
+        raise RuntimeError(f"engine.evaluate failed for {run.name} {setting_name(*setting)}")
     result = read_json(path) or {}
     result.update(checkpoint_sha256=sha, meta_step=run.metadata.get("meta_step"), checkpoint=shown_path(checkpoint),
                   command="python -m engine.evaluate " + " ".join(shown))
@@ -329,13 +367,14 @@ def evaluate_checkpoint(models: Path, run: Run, ways: int, shots: int, tasks: in
     return result
 
 
-def current_evaluations(models: Path, run: Run, transductive: bool = False) -> dict[tuple[int, int], dict[str, Any]]:
-    """Stored evaluations that still describe ``run``'s checkpoint (same SHA-256 and test settings)."""
+def current_evaluations(models: Path, run: Run, transductive: bool = False) -> dict[Setting, dict[str, Any]]:
+    """Stored evaluations that still describe ``run``'s checkpoint (same SHA-256, test settings, pipeline)."""
     settings = test_settings(run.metadata)
-    stored = {(ways, shots): read_json(evaluation_path(models, run.name, ways, shots, transductive))
-              for ways, shots in SETTINGS}
+    stored = {setting: read_json(evaluation_path(models, run.name, setting, transductive))
+              for setting in (TRANSDUCTIVE_SETTINGS if transductive else SETTINGS)}
     return {setting: result for setting, result in stored.items()
-            if describes(result, run.summary["checkpoint_sha256"], settings, transductive=transductive)}
+            if describes(result, run.summary["checkpoint_sha256"], settings, transductive=transductive,
+                         pipeline=trained_pipeline(run.metadata))}
 
 
 # -- learning curves ---------------------------------------------------------------------------
@@ -380,10 +419,11 @@ def draw_curve(run: Run, out: Path) -> bool:
     figure, (by_step, by_time) = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     by_step.plot(steps, percent, color="tab:blue")
     by_step.set_xlabel("meta-steps")
-    by_step.set_ylabel("validation accuracy (%), 5-way 1-shot")
+    train = run.metadata.get("train") or {}
+    by_step.set_ylabel(f"validation accuracy (%), {train.get('val_ways', 5)}-way {train.get('val_shots', 1)}-shot")
     by_time.plot(hours, percent, color="tab:orange")
     by_time.set_xlabel("training time (hours)")
-    published = figures(run.algorithm).get((5, 1))
+    published = figures(run.algorithm).get(Setting(5, 1))
     for axis in (by_step, by_time):
         axis.grid(alpha=0.3)
         if published is not None:
@@ -446,15 +486,15 @@ def allowed_gap(algorithm: str, setting: tuple[int, int]) -> float:
     return 0.0 if reference is not None and reference.must_match else TOLERANCE[setting]
 
 
-def target_time(algorithm: str, results: dict[tuple[int, int], dict[str, Any]] | None, status: dict[str, Any],
+def target_time(algorithm: str, results: dict[Setting, dict[str, Any]] | None, status: dict[str, Any],
                 curve: Sequence[tuple[int, float, float]]) -> str:
     """How far the 5-way 1-shot target is, extrapolated along the validation curve: the target
     shifted by the checkpoint's validation - evaluation gap, reached by :func:`power_law_steps`."""
-    published = figures(algorithm).get((5, 1))
-    if published is None or results is None or (5, 1) not in results or status["val_accuracy"] is None:
+    published = figures(algorithm).get(Setting(5, 1))
+    if published is None or results is None or Setting(5, 1) not in results or status["val_accuracy"] is None:
         return "—"
-    needed = published - allowed_gap(algorithm, (5, 1))
-    ours = 100 * results[(5, 1)]["accuracy"]
+    needed = published - allowed_gap(algorithm, Setting(5, 1))
+    ours = 100 * results[Setting(5, 1)]["accuracy"]
     if ours >= needed:
         return "met"
     on_validation = needed + 100 * status["val_accuracy"] - ours
@@ -483,7 +523,7 @@ def cell(result: dict[str, Any] | None) -> str:
     return f"{100 * result['accuracy']:.2f} ± {100 * result['ci95']:.2f}"
 
 
-def target_verdict(algorithm: str, results: dict[tuple[int, int], dict[str, Any]]) -> str:
+def target_verdict(algorithm: str, results: dict[Setting, dict[str, Any]]) -> str:
     published = figures(algorithm)
     if not published:
         return "no single published figure"
@@ -493,11 +533,11 @@ def target_verdict(algorithm: str, results: dict[tuple[int, int], dict[str, Any]
             continue
         gap = published[setting] - 100 * results[setting]["accuracy"]
         allowed = allowed_gap(algorithm, setting)
-        verdicts.append(f"{setting_name(*setting)} {'met' if gap <= allowed else f'missed by {gap - allowed:.1f} pt'}")
+        verdicts.append(f"{setting_heading(setting)} {'met' if gap <= allowed else f'missed by {gap - allowed:.1f} pt'}")
     return ", ".join(verdicts)
 
 
-def test_steps_cell(algorithm: str, results: dict[tuple[int, int], dict[str, Any]]) -> str:
+def test_steps_cell(algorithm: str, results: dict[Setting, dict[str, Any]]) -> str:
     """The inner steps (and optimizer, unless sgd) the evaluations ran with: "0" without an inner
     loop, "?" before any evaluation."""
     if not LEARNERS[algorithm].has_inner_loop:
@@ -512,14 +552,15 @@ def test_steps_cell(algorithm: str, results: dict[tuple[int, int], dict[str, Any
 
 
 def our_rows(name: str, suffix: str, algorithm: str, status: dict[str, Any],
-             results: dict[tuple[int, int], dict[str, Any]],
-             transductive: dict[tuple[int, int], dict[str, Any]] | None = None, link: str = "") -> list[str]:
+             results: dict[Setting, dict[str, Any]],
+             transductive: dict[Setting, dict[str, Any]] | None = None, link: str = "") -> list[str]:
     """A run's row (first cell ``**name** suffix link``), and its transductive row when evaluated that way."""
     tail = f" | {test_steps_cell(algorithm, results)} | {status['model_step']} / {status['schedule']} |"
     rows = [f"| **{name}** {suffix}{link} | " + " | ".join(cell(results.get(s)) for s in SETTINGS) + tail]
     if transductive:
         rows.append(f"| {name} {suffix}, transductive batch norm | "
-                    + " | ".join(cell(transductive.get(s)) for s in SETTINGS) + tail)
+                    + " | ".join(cell(transductive.get(s)) if s in TRANSDUCTIVE_SETTINGS else "—" for s in SETTINGS)
+                    + tail)
     return rows
 
 
@@ -539,42 +580,42 @@ class Candidate:
 
     run: Run
     changed: dict[str, tuple[Any, Any]]
-    results: dict[tuple[int, int], dict[str, Any]]
-    transductive: dict[tuple[int, int], dict[str, Any]]
+    results: dict[Setting, dict[str, Any]]
+    transductive: dict[Setting, dict[str, Any]]
 
 
 def split_cost_rows(section: CandidateSection, candidates: Sequence[Candidate],
-                    ours: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
+                    ours: dict[str, dict[Setting, dict[str, Any]]]) -> list[str]:
     """Per run of ``section`` whose algorithm ships too: what the change is worth at the targets' settings
     (the run minus the shipped one, in points), and the target verdicts of both."""
     lines = []
     for candidate in candidates:
         algorithm, results = candidate.run.algorithm, candidate.results
         shipped = ours.get(algorithm)
-        if shipped is None or not any(s in results and s in shipped for s in TOLERANCE):
+        if shipped is None or not any(s in results and s in shipped for s in WORTH_SETTINGS):
             continue
         gains = [f"{100 * (results[s]['accuracy'] - shipped[s]['accuracy']):+.2f}"
-                 if s in results and s in shipped else "—" for s in TOLERANCE]
+                 if s in results and s in shipped else "—" for s in WORTH_SETTINGS]
         lines.append(f"| {candidate.run.name} | {' | '.join(gains)} | {target_verdict(algorithm, results)} | "
                      f"{target_verdict(algorithm, shipped)} |")
     if not lines:
         return []
-    names = [setting_name(*s) for s in TOLERANCE]
+    names = [setting_heading(s) for s in WORTH_SETTINGS]
     return ["", f"{section.worth}, in points ({section.name} minus ours, support-set batch norm), and the",
             "targets judged on each:", "",
             "| run | " + " | ".join(f"{name}: {section.name} − ours" for name in names)
-            + f" | targets on {section.name} | targets on ours |", "|---|---|---|---|---|", *lines]
+            + f" | targets on {section.name} | targets on ours |", "|" + "---|" * (len(names) + 3), *lines]
 
 
 def candidate_section(models: Path, section: CandidateSection, candidates: Sequence[Candidate],
-                      ours: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> list[str]:
+                      ours: dict[str, dict[Setting, dict[str, Any]]]) -> list[str]:
     """RESULTS.md's table of the runs of ``section`` (with whatever evaluations they have, and transductive
     ones where made), each beside its paper, and what the change is worth against the shipped runs'
     evaluations (``ours``)."""
     if not candidates:
         return []
     lines = ["", f"## {section.heading}", "", *section.intro, "",
-             "| run | " + " | ".join(setting_name(*s) for s in SETTINGS)
+             "| run | " + " | ".join(setting_heading(s) for s in SETTINGS)
              + " | test inner steps | meta-steps (checkpoint / schedule) |",
              "|" + "---|" * (len(SETTINGS) + 3)]
     for candidate in candidates:
@@ -592,15 +633,15 @@ def candidate_section(models: Path, section: CandidateSection, candidates: Seque
     return lines
 
 
-def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]],
-                 tasks: int, transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None,
+def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, dict[Setting, dict[str, Any]]],
+                 tasks: int, transductive: dict[str, dict[Setting, dict[str, Any]]] | None = None,
                  candidates: Mapping[CandidateSection, Sequence[Candidate]] | None = None) -> str:
     """RESULTS.md: the evaluated checkpoints beside the papers, then the training state of every
     ``shipped`` run, then the candidate runs of each section. ``evaluations`` and ``transductive`` hold the
     shipped runs' evaluations by algorithm."""
     transductive_names = [f"`{name}`" for name in LEARNERS if transductive_row(name)]
     must_match_names = [f"`{name}`" for name in LEARNERS if (reference := paper(name)) is not None and reference.must_match]
-    header = ("| algorithm | " + " | ".join(setting_name(*s) for s in SETTINGS)
+    header = ("| algorithm | " + " | ".join(setting_heading(s) for s in SETTINGS)
               + " | test inner steps | meta-steps (checkpoint / schedule) |")
     lines = [
         "# Results",
@@ -737,14 +778,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in sorted(set(requested) - set(here)):
         print(f"{name}: no checkpoint here to evaluate; its stored evaluations stand", file=sys.stderr)
 
-    def results_of(run: Run, transductive: bool = False) -> dict[tuple[int, int], dict[str, Any]]:
+    def results_of(run: Run, transductive: bool = False) -> dict[Setting, dict[str, Any]]:
         if run.name in requested and run.checkpoint is not None:
-            return {(ways, shots): evaluate_checkpoint(models, run, ways, shots, args.tasks, args.data_dir,
-                                                       args.device, transductive) for ways, shots in SETTINGS}
+            return {setting: evaluate_checkpoint(models, run, setting, args.tasks, args.data_dir, args.device,
+                                                 transductive)
+                    for setting in (TRANSDUCTIVE_SETTINGS if transductive else SETTINGS)}
         return current_evaluations(models, run, transductive)
 
-    evaluations: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
-    transductive: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
+    evaluations: dict[str, dict[Setting, dict[str, Any]]] = {}
+    transductive: dict[str, dict[Setting, dict[str, Any]]] = {}
     for run in shipped:
         draw_curve(run, curve_path(models, run, shipped=True))
         for variant, table in ((False, evaluations), (True, transductive)):

@@ -126,7 +126,8 @@ def test_every_algorithm_describes_itself(name: str) -> None:
     assert 2 <= len(re.findall(r"[.!?](?:\s|$)", about.summary)) <= 4, about.summary
     assert about.update_rule.strip() and "\n" not in about.update_rule
     assert about.paper is not None and about.paper.url.startswith("https://") and about.paper.title
-    assert all(setting in results.SETTINGS and 0 < figure <= 100 for setting, figure in about.paper.figures.items())
+    assert all(results.Setting(*setting) in results.SETTINGS and 0 < figure <= 100
+               for setting, figure in about.paper.figures.items())
 
 
 def render(models: Path, runs: Path) -> str:
@@ -150,7 +151,7 @@ def store_evaluation(models: Path, name: str, folder: Path, ways: int, accuracy:
                      transductive: bool = False) -> None:
     """A stored ``ways``-way 1-shot evaluation of ``accuracy`` that describes the checkpoint in ``folder``."""
     steps, optimizer = results.test_settings(read_metadata(folder / "model"))
-    path = results.evaluation_path(models, name, ways, 1, transductive)
+    path = results.evaluation_path(models, name, results.Setting(ways, 1), transductive)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"algorithm": read_metadata(folder / "model")["algorithm"], "ways": ways, "shots": 1,
                                 "tasks": 7, "accuracy": accuracy, "ci95": 0.003, "inner_steps": steps,
@@ -171,14 +172,14 @@ def test_results_table_from_stored_evaluations(tmp_path: Path) -> None:
     assert sorted(path.name for path in shipped.iterdir()) == sorted(results.SHIPPED_FILES)  # no training state
     stored = {"algorithm": "maml", "ways": 5, "shots": 1, "tasks": 7, "accuracy": 0.91, "ci95": 0.02,
               "inner_steps": 10, "checkpoint_sha256": file_digest(shipped / "model.safetensors", "sha256")}
-    path = results.evaluation_path(models, "maml", 5, 1)
+    path = results.evaluation_path(models, "maml", results.Setting(5, 1))
     path.write_text(json.dumps(stored))
     # Matching checkpoint and task count: the stored result is used, no evaluation runs.
     [maml] = results.shipped_runs(models, runs)
-    assert results.evaluate_checkpoint(models, maml, 5, 1, 7, None, "cpu") == stored
+    assert results.evaluate_checkpoint(models, maml, results.Setting(5, 1), 7, None, "cpu") == stored
 
     # MAML's paper normalised with the query batch: a transductive evaluation gets its own row.
-    transductive = results.evaluation_path(models, "maml", 5, 1, transductive=True)
+    transductive = results.evaluation_path(models, "maml", results.Setting(5, 1), transductive=True)
     transductive.write_text(json.dumps({**stored, "accuracy": 0.95, "transductive": True}))
     shutil.rmtree(runs)  # the committed summary stands in for the run folder
     table = render(models, runs)
@@ -229,12 +230,12 @@ def test_target_extrapolation_follows_a_power_law_curve() -> None:
     assert results.power_law_steps(falling[:3], 0.99) is None  # too few points to fit
     slower = [(step, step / 3600, 1 - 2.0 * step ** -0.5) for step in range(100, 1100, 100)]  # 93.7% at 1000
     status = {"val_accuracy": slower[-1][2] + 0.01, "trained": 1000, "schedule": 50000, "seconds_per_step": 3.6}
-    evaluated = {(5, 1): {"accuracy": slower[-1][2]}}  # evaluation 1 point below validation
-    needed = results.figures("fomaml")[(5, 1)] - results.TOLERANCE[(5, 1)] + 1.0  # on validation
+    evaluated = {results.Setting(5, 1): {"accuracy": slower[-1][2]}}  # evaluation 1 point below validation
+    needed = results.figures("fomaml")[results.Setting(5, 1)] - results.TOLERANCE[results.Setting(5, 1)] + 1.0  # on validation
     text = results.target_time("fomaml", evaluated, status, slower)
     steps = (2.0 / (1 - needed / 100)) ** 2
     assert f"≈ {steps:,.0f} steps" in text and f"{(steps - 1000) * 3.6 / 3600:.1f} h more" in text, text
-    assert results.target_time("fomaml", {(5, 1): {"accuracy": 0.999}}, status, slower) == "met"
+    assert results.target_time("fomaml", {results.Setting(5, 1): {"accuracy": 0.999}}, status, slower) == "met"
     assert "beyond 100x" in results.target_time("fomaml", evaluated, {**status, "schedule": 50}, slower)
 
 
@@ -247,7 +248,7 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
     table = render(models, runs)
     section = table[table.index("## On the papers' split"):]
     assert ("| **protonet-characters** (protonet, ours) | not evaluated | not evaluated | 96.20 ± 0.30 | not evaluated "
-            "| 0 | 10 / 40 |") in section
+            "| not evaluated | 0 | 10 / 40 |") in section
     # With a learning curve, the run gets its figure (in eval/, as it is not shipped), linked from its row.
     (run / "curve.jsonl").write_text("\n".join(json.dumps({"step": step, "seconds": step, "val_accuracy": 0.9})
                                                for step in (5, 10)))
@@ -262,9 +263,10 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
         store_evaluation(models, "maml-characters", run, 5, accuracy, transductive)
     table = render(models, runs)
     section = table[table.index("## On the papers' split"):]
-    rest = f"| not evaluated | not evaluated | not evaluated | {steps} | 4 / 8 |"
-    assert f"| **maml-characters** (maml, ours) | 95.50 ± 0.30 {rest}" in section
-    assert f"| maml-characters (maml, ours), transductive batch norm | 97.00 ± 0.30 {rest}" in section
+    rest = f"| not evaluated | not evaluated | not evaluated | {{}} | {steps} | 4 / 8 |"
+    assert f"| **maml-characters** (maml, ours) | 95.50 ± 0.30 {rest.format('not evaluated')}" in section
+    # The papers' transductive protocol has no within-alphabet task: not "not evaluated" but "—".
+    assert f"| maml-characters (maml, ours), transductive batch norm | 97.00 ± 0.30 {rest.format('—')}" in section
     assert "maml-characters" not in table[:table.index("## On the papers' split")]
     assert "| Prototypical Networks (Snell et al. 2017) | 98.80 | 99.70 | 96.00 | 98.90 |" in section
     assert "**protonet-characters**" not in table[:table.index("## On the papers' split")]
@@ -275,7 +277,7 @@ def test_runs_on_the_papers_split_get_their_own_table(tmp_path: Path) -> None:
     store_evaluation(models, "maml", shipped, 5, 0.93)
     table = render(models, runs)
     section = table.split("## On the papers' split")[1]
-    assert "| maml-characters | +2.50 | — | 5w1s missed by 3.2 pt | 5w1s missed by 5.7 pt |" in section
+    assert "| maml-characters | +2.50 | — | — | 5w1s missed by 3.2 pt | 5w1s missed by 5.7 pt |" in section
     assert "| protonet-characters |" not in section  # no shipped protonet to compare with
 
     # Without the run folders the table is the same: each candidate's summary is in eval/.
@@ -302,7 +304,7 @@ def test_a_candidates_section_comes_from_its_metadata_not_its_name(tmp_path: Pat
     table = render(models, runs)
     papers, settings = table.split("## On the papers' split")[1].split("## Candidate settings")
     assert "| **trial-7** (protonet, ours) | 99.00 ± 0.30 |" in papers
-    assert "| trial-7 | +0.70 | — | 5w1s met | 5w1s missed by 0.5 pt |" in papers
+    assert "| trial-7 | +0.70 | — | — | 5w1s met | 5w1s missed by 0.5 pt |" in papers
     assert "maml-characters" not in table and "ours-again" not in table
     maml_steps = results.configuration({"algorithm": "maml"})["config.inner_steps"]
     assert f"| **x** (maml, ours; inner_steps {maml_steps} → 2) | 96.00 ± 0.30 |" in settings
@@ -320,7 +322,7 @@ def test_runs_on_all_background_alphabets_are_compared_with_the_shipped_run(tmp_
     section = table.split("## On all 30 background alphabets")[1]
     assert "| **protonet-background** (protonet, ours) | 98.90 ± 0.30 | not evaluated |" in section
     assert "| Prototypical Networks (Snell et al. 2017) | 98.80 |" in section
-    assert "| protonet-background | +0.60 | — | 5w1s met | 5w1s missed by 0.5 pt |" in section
+    assert "| protonet-background | +0.60 | — | — | 5w1s met | 5w1s missed by 0.5 pt |" in section
     assert "5w1s: all background alphabets − ours" in section
 
 
@@ -343,8 +345,8 @@ def test_runs_that_change_one_setting_are_compared_with_the_shipped_run(tmp_path
     default_steps = results.configuration({"algorithm": "mc2"})["config.inner_steps"]
     assert f"| **mc2-2steps** (mc2, ours; inner_steps {default_steps} → 2) | 97.00 ± 0.30 | not evaluated |" in section
     assert "| **mc2-ways5to20** (mc2, ours; min_train_ways none → 5, ways 5 → 20) | 95.00 ± 0.30 |" in section
-    assert "| mc2-2steps | +1.00 | — | 5w1s missed by 1.8 pt | 5w1s missed by 2.8 pt |" in section
-    assert "| mc2-ways5to20 | -1.00 | — | 5w1s missed by 3.8 pt | 5w1s missed by 2.8 pt |" in section
+    assert "| mc2-2steps | +1.00 | — | — | 5w1s missed by 1.8 pt | 5w1s missed by 2.8 pt |" in section
+    assert "| mc2-ways5to20 | -1.00 | — | — | 5w1s missed by 3.8 pt | 5w1s missed by 2.8 pt |" in section
 
 
 def test_a_learner_without_paper_figures_still_gets_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -373,3 +375,38 @@ def test_train_sh_trains_into_runs_and_resumes_there(tmp_path: Path) -> None:
     (tmp_path / "mc2-2steps" / "resume.json").write_text("{}")
     resumed = command("mc2-2steps", RUNS=str(tmp_path))
     assert f"--algorithm mc2 --out {tmp_path}/mc2-2steps " in resumed and "--resume" in resumed
+
+
+def test_a_run_on_the_canonical_pipeline_is_evaluated_on_it_and_compared_in_its_section(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluations run on the pipeline a checkpoint trained on (stored ones without a pipeline are the legacy
+    one's), the within-alphabet column asks for within-alphabet tasks, and a run that changes the pipeline or
+    the augmentation is set against the shipped run in its own section."""
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    candidate = fake_run(runs / "anything", "protonet", 10, 40, pipeline="canonical", augment=1.0)
+    store_evaluation(models, "protonet", fake_run(models / "protonet", "protonet", 10, 40), 20, 0.90)
+    store_evaluation(models, "anything", candidate, 20, 0.92)  # stored without a pipeline: the legacy one's
+    calls: list[list[str]] = []
+
+    def fake_evaluate(argv: list[str]) -> int:
+        calls.append(argv)
+        within = "--within-alphabet" in argv
+        Path(argv[argv.index("--json") + 1]).write_text(json.dumps(
+            {"algorithm": "protonet", "ways": 20, "shots": 1, "tasks": 7, "accuracy": 0.8 if within else 0.93,
+             "ci95": 0.01, "inner_steps": 0, "optimizer": None, "transductive": False, "within_alphabet": within,
+             "pipeline": argv[argv.index("--pipeline") + 1]}))
+        return 0
+
+    monkeypatch.setattr(results.evaluate, "main", fake_evaluate)
+    [run] = results.candidate_runs(models, runs)
+    within = results.evaluate_checkpoint(models, run, results.WITHIN_ALPHABET, 7, None, "cpu")
+    assert calls[-1][calls[-1].index("--pipeline") + 1] == "canonical" and "--within-alphabet" in calls[-1]
+    assert within["accuracy"] == 0.8 and results.evaluation_path(models, "anything", results.WITHIN_ALPHABET).exists()
+    across = results.evaluate_checkpoint(models, run, results.Setting(20, 1), 7, None, "cpu")
+    assert across["accuracy"] == 0.93 and len(calls) == 2  # the legacy-pipeline evaluation did not describe it
+    table = render(models, runs)
+    section = table.split("## One image pipeline and augmentation")[1]
+    assert "| **anything** (protonet, ours; pipeline raw → canonical, augment 0.0 → 1.0) |" in section
+    assert "| anything | — | +3.00 | — | " in section
+    # The shipped run's legacy evaluation still describes it (it trained on the legacy pipeline).
+    assert "| **protonet** (ours) | not evaluated | not evaluated | 90.00 ± 0.30 |" in table
