@@ -232,7 +232,6 @@ def shipped_test_steps(models: Path, learners: dict[str, Learner]) -> dict[str, 
     """Per learner, the inner steps its shipped checkpoint in ``models`` adapts with by default (the
     app's default; None without an inner loop), else the fresh learner's own default."""
     from engine.checkpoint import build_learner as learner_from_metadata
-    from engine.compare import effective_settings
 
     steps: dict[str, int | None] = {}
     for name, learner in learners.items():
@@ -240,7 +239,7 @@ def shipped_test_steps(models: Path, learners: dict[str, Learner]) -> dict[str, 
             learner = learner_from_metadata(read_metadata(models / name / "model"))
         except (CheckpointError, OSError, TypeError, KeyError, ValueError):
             pass  # no readable checkpoint: the fresh learner's default
-        steps[name] = effective_settings(learner, None)[0]
+        steps[name] = learner.resolve_settings(None).steps
     return steps
 
 

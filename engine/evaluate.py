@@ -21,7 +21,6 @@ import torch
 from tqdm import tqdm
 
 from engine.checkpoint import CheckpointError, load_learner, read_metadata
-from engine.compare import effective_settings
 from engine.data.omniglot import (SCHEMES_TESTING_ON_EVALUATION, SPLIT_SCHEMES, DatasetNotFoundError, load_split,
                                   load_splits)
 from engine.data.tasks import Task, task_stream
@@ -112,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A generator, not a list: 600 tasks of 20-way 5-shot would hold ~1 GB of images at once.
     tasks = itertools.islice(task_stream(chars, args.ways, args.shots, args.queries, args.seed), args.tasks)
     result = score(task_accuracies(learner, tasks, settings, args.transductive, progress=True, total=args.tasks))
-    steps, _, optimizer = effective_settings(learner, settings)
+    steps, _, optimizer = learner.resolve_settings(settings).summary()
     steps = steps or 0  # None: no inner loop
     bn = "query-batch statistics (transductive)" if args.transductive else "support-set statistics"
     finetune = "" if args.finetune is None else f" fine-tuning {args.finetune}"

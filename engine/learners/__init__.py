@@ -11,6 +11,7 @@ from engine.learners.base import (
     Learner,
     LearnerConfig,
     MetaLoss,
+    ResolvedSettings,
     StepRecord,
     get_learner_class,
     register_learner,
@@ -22,6 +23,6 @@ from engine.learners import (  # noqa: E402,F401
 )
 
 __all__ = [
-    "LEARNERS", "AdaptSettings", "Adapted", "Learner", "LearnerConfig", "MetaLoss", "StepRecord",
+    "LEARNERS", "AdaptSettings", "Adapted", "Learner", "LearnerConfig", "MetaLoss", "ResolvedSettings", "StepRecord",
     "get_learner_class", "register_learner",
 ]
