@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
+import engine.compare
 from engine import kernels
 from engine.compare import (
     AlgorithmResult, QueryScore, TaskInputError, as_images, compare, compare_task, effective_settings, ranked,
@@ -267,9 +269,19 @@ def test_workers_start_the_longest_inner_loops_first_and_keep_the_result_order(
                 "maml": AdaptSettings(steps=6), "reptile": AdaptSettings(steps=4)}
     results = compare(models, support_x, support_y, 2, settings=settings, workers=1)
     assert started == list(models)  # one worker: the order given
+    # The queue the workers take from, in order (what starts when also depends on thread timing).
+    queued: list[str] = []
+
+    class RecordingPool(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+            queued.append(args[1] if fn is not None and len(args) > 1 else "?")
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(engine.compare, "ThreadPoolExecutor", RecordingPool)
     started.clear()
     results = compare(models, support_x, support_y, 2, settings=settings, workers=2)
     assert [result.name for result in results] == list(models)
-    assert set(started[:2]) == {"maml", "reptile"}, started  # the two most steps
+    assert sorted(started) == sorted(models)
+    assert queued[:2] == ["maml", "reptile"], queued  # the most steps first
     quick = [name for name, model in models.items() if not model.has_inner_loop]
-    assert quick and set(started[-len(quick):]) == set(quick), started
+    assert quick and set(queued[-len(quick):]) == set(quick), queued
