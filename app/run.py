@@ -15,7 +15,7 @@ from app.images import Example
 from app.models import ModelEntry
 from app.resources import compute_threads, compute_workers
 from app.workspace import Workspace, class_target
-from engine.compare import AlgorithmResult, TaskInputError, compare, query_score
+from engine.compare import AlgorithmResult, TaskInputError, compare, rescored
 from engine.learners import AdaptSettings
 
 MAX_CACHED_CHARTS = 200
@@ -97,8 +97,4 @@ def current_labels(ws: Workspace, record: RunRecord) -> list[int | None]:
 
 def scored(results: list[AlgorithmResult], labels: list[int | None]) -> list[AlgorithmResult]:
     """The results scored against the current labels: a query's label can change without a rerun."""
-    out = []
-    for result in results:
-        correct, labelled, accuracy = query_score(result.predictions if result.ok else None, labels)
-        out.append(dataclasses.replace(result, correct=correct, labelled=labelled, query_accuracy=accuracy))
-    return out
+    return [rescored(result, labels) for result in results]

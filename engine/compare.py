@@ -16,6 +16,8 @@ Pure PyTorch/NumPy; no Streamlit here.
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -141,33 +143,59 @@ def validate_support(support_y: Tensor, ways: int) -> None:
 
 def effective_settings(learner: Learner,
                        settings: AdaptSettings | None) -> tuple[int | None, float | str | None, str | None]:
-    """(steps, learning rate, optimizer) that ``learner.adapt`` will use with ``settings``.
+    """(steps, learning rate, optimizer) that ``learner.adapt`` will use with ``settings``:
+    ``learner.resolve_settings(settings).summary()``, kept for callers of this name.
 
     ``None`` for learners without an inner loop; a learning rate learned per parameter (Meta-SGD
     style) is reported as the string ``"learned"``.
     """
-    if not learner.has_inner_loop:
-        return None, None, None
-    settings = settings or AdaptSettings()
-    steps = settings.steps if settings.steps is not None else learner.default_test_steps()
-    raw = learner.inner_lr(settings)
-    lr: float | str | None
-    if isinstance(raw, (int, float)):
-        lr = float(raw)
-    elif isinstance(raw, Tensor) and raw.numel() == 1:
-        lr = float(raw)
-    elif raw is None:
-        lr = None
+    return learner.resolve_settings(settings).summary()
+
+
+@dataclass(frozen=True)
+class QueryScore:
+    """How many labelled queries an algorithm predicted correctly."""
+
+    correct: int = 0
+    labelled: int = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        """Fraction correct; None when no query carries a label."""
+        return self.correct / self.labelled if self.labelled else None
+
+
+QueryLabels = Tensor | np.ndarray | Sequence[int | None]
+
+
+def score_queries(predictions: np.ndarray | Tensor | None, labels: QueryLabels | None) -> QueryScore:
+    """Predicted classes against the queries' true classes; a label of None or below 0 marks an
+    unlabelled query, which does not count. No predictions (a failed algorithm): nothing scored."""
+    if predictions is None or labels is None:
+        return QueryScore()
+    predicted = np.asarray(predictions.detach().cpu() if isinstance(predictions, Tensor) else predictions).reshape(-1)
+    if isinstance(labels, (Tensor, np.ndarray)):
+        truth = np.asarray(labels.detach().cpu() if isinstance(labels, Tensor) else labels, dtype=np.int64).reshape(-1)
     else:
-        lr = "learned"
-    return steps, lr, settings.optimizer or learner.default_optimizer()
+        truth = np.asarray([-1 if label is None else int(label) for label in labels], dtype=np.int64)
+    if truth.shape != predicted.shape:
+        raise ValueError(f"{predicted.size} predictions but {truth.size} query labels")
+    labelled = truth >= 0
+    return QueryScore(correct=int((predicted[labelled] == truth[labelled]).sum()), labelled=int(labelled.sum()))
+
+
+def rescored(result: AlgorithmResult, labels: QueryLabels | None) -> AlgorithmResult:
+    """``result`` scored against ``labels`` (e.g. the queries' labels as the user changed them after
+    the run); a failed algorithm scores nothing."""
+    score = score_queries(result.predictions if result.ok else None, labels)
+    return dataclasses.replace(result, correct=score.correct, labelled=score.labelled, query_accuracy=score.accuracy)
 
 
 def expected_cost(learner: Learner, settings: AdaptSettings | None) -> int:
     """A rough rank of how long ``learner.adapt`` takes with ``settings``: its inner steps (a
     learner without an inner loop does one forward pass)."""
     try:
-        steps = effective_settings(learner, settings)[0]
+        steps = learner.resolve_settings(settings).steps
     except Exception:  # noqa: BLE001 - ordering is only a hint; run_one reports real failures
         return 0
     return steps or 0
@@ -186,7 +214,7 @@ def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, w
     """Adapt one learner and predict the queries; never raises for the algorithm's own failures."""
     result = AlgorithmResult(name=name, has_inner_loop=bool(learner.has_inner_loop))
     try:
-        result.steps, result.lr, result.optimizer = effective_settings(learner, settings)
+        result.steps, result.lr, result.optimizer = learner.resolve_settings(settings).summary()
         device = learner.device
         sx, sy = support_x.to(device), support_y.to(device)
         start = time.perf_counter()
@@ -210,9 +238,8 @@ def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, w
                 probabilities = torch.nan_to_num(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
             result.probabilities = probabilities.numpy()
             result.predictions = probabilities.argmax(dim=1).numpy().astype(np.int64)
-            if query_y is not None:
-                result.correct, result.labelled, result.query_accuracy = query_score(result.predictions,
-                                                                                     query_y.tolist())
+            score = score_queries(result.predictions, query_y)
+            result.correct, result.labelled, result.query_accuracy = score.correct, score.labelled, score.accuracy
     except Exception as error:  # noqa: BLE001 - one algorithm's failure must not stop the others
         message = str(error).strip() or type(error).__name__
         result.error = f"{type(error).__name__}: {message}"
@@ -258,7 +285,10 @@ def compare(learners: Mapping[str, Learner], support_images: ImageBatch,
         # instead of one long inner loop running alone at the end.
         longest_first = sorted(learners,
                                key=lambda name: -expected_cost(learners[name], _settings_for(name, settings)))
-        futures = {name: pool.submit(run, name, learners[name]) for name in longest_first}
+        # Each worker runs in a copy of the caller's context, so context-local switches (the fused
+        # kernels: ``engine.kernels.fused``) hold in its threads as they do in a serial comparison.
+        futures = {name: pool.submit(contextvars.copy_context().run, run, name, learners[name])
+                   for name in longest_first}
         return [futures[name].result() for name in learners]
 
 
@@ -279,18 +309,6 @@ def warm_up(learner: Learner) -> None:
     run_one("warm-up", learner, images, labels, 2, images[:1], AdaptSettings(steps=2))
 
 
-def query_score(predictions: np.ndarray | Sequence[int] | None,
-                query_labels: Sequence[int | None]) -> tuple[int, int, float | None]:
-    """(correct, labelled, accuracy) of per-query predictions against each query's class (None or
-    negative: unlabelled); accuracy is None when no query is labelled, and nothing counts without
-    predictions."""
-    pairs = [(int(predicted), int(label))
-             for predicted, label in zip(predictions if predictions is not None else (), query_labels)
-             if label is not None and label >= 0]
-    correct = sum(predicted == label for predicted, label in pairs)
-    return correct, len(pairs), correct / len(pairs) if pairs else None
-
-
 def ranked(results: Sequence[AlgorithmResult]) -> list[AlgorithmResult]:
     """Best first: highest query accuracy, then lowest final support loss, then fastest; failures last."""
 
@@ -303,6 +321,6 @@ def ranked(results: Sequence[AlgorithmResult]) -> list[AlgorithmResult]:
 
 
 __all__ = [
-    "AlgorithmResult", "TaskInputError", "as_images", "compare", "compare_task", "effective_settings", "query_score",
-    "ranked", "run_one", "validate_support", "warm_up",
+    "AlgorithmResult", "QueryScore", "TaskInputError", "as_images", "compare", "compare_task", "effective_settings",
+    "ranked", "rescored", "run_one", "score_queries", "validate_support", "warm_up",
 ]

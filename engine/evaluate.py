@@ -21,7 +21,6 @@ import torch
 from tqdm import tqdm
 
 from engine.checkpoint import CheckpointError, load_learner, read_metadata
-from engine.compare import effective_settings
 from engine.data.omniglot import (DEFAULT_PIPELINE, PIPELINES, SCHEMES_TESTING_ON_EVALUATION, SPLIT_SCHEMES,
                                   DatasetNotFoundError, load_split, load_splits)
 from engine.data.tasks import Task, alphabet_task_stream, task_stream
@@ -122,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result = score(task_accuracies(learner, tasks, settings, args.transductive, progress=True, total=args.tasks))
-    steps, _, optimizer = effective_settings(learner, settings)
+    steps, _, optimizer = learner.resolve_settings(settings).summary()
     steps = steps or 0  # None: no inner loop
     bn = "query-batch statistics (transductive)" if args.transductive else "support-set statistics"
     finetune = "" if args.finetune is None else f" fine-tuning {args.finetune}"

@@ -16,11 +16,14 @@ again (:func:`logits_with_stats`).
 
 ``with fused(False):`` switches off every fast path (these kernels, and the closed-form first
 inner step of the MAML family): tests and the benchmark compare against that autograd reference.
+The switch is a context variable: it holds for the calling thread (and the worker threads
+``engine.compare`` starts from it), never for another thread running at the same time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -30,7 +33,8 @@ from torch import Tensor
 
 from engine.nets import BN_EPS, BackboneConfig, Params, conv3x3
 
-_ENABLED = True
+# Whether inner loops take the fused path in the current context (thread): see ``fused``.
+_FUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("engine_kernels_fused", default=True)
 
 # Per layer: the support set's batch-norm mean and 1/sqrt(var + eps), each [channels].
 LayerStats = tuple[Tensor, Tensor]
@@ -50,19 +54,19 @@ def layout_for(x: Tensor) -> torch.memory_format:
 
 
 def enabled() -> bool:
-    """Whether inner loops use the fused path (on by default)."""
-    return _ENABLED
+    """Whether inner loops in the current context use the fused path (on by default)."""
+    return _FUSED.get()
 
 
 @contextlib.contextmanager
 def fused(on: bool) -> Iterator[None]:
-    """Temporarily switch the fused path on or off (the reference is plain autograd)."""
-    global _ENABLED
-    previous, _ENABLED = _ENABLED, on
+    """Switch the fused path on or off for the code inside (the reference is plain autograd), in
+    this thread's context only: learners adapting in other threads meanwhile are not affected."""
+    token = _FUSED.set(on)
     try:
         yield
     finally:
-        _ENABLED = previous
+        _FUSED.reset(token)
 
 
 def applies(params: Params, backbone: BackboneConfig, head: bool = True) -> bool:
@@ -72,7 +76,7 @@ def applies(params: Params, backbone: BackboneConfig, head: bool = True) -> bool
                 for kind, field in (("conv", "weight"), ("bn", "weight"), ("bn", "bias"))}
     if head:
         expected |= {"head.weight", "head.bias"}
-    return _ENABLED and set(params) == expected
+    return enabled() and set(params) == expected
 
 
 @dataclass

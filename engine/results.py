@@ -43,7 +43,7 @@ from engine.data.download import file_digest
 from engine.data.omniglot import VALIDATION_SOURCES
 from engine.learners import LEARNERS, AdaptSettings, PaperReference
 from engine.paths import REPO_ROOT
-from engine.train import LEGACY_TRAIN_SETTINGS, TrainConfig
+from engine.config import LEGACY_TRAIN_SETTINGS, TrainConfig
 
 
 class Setting(NamedTuple):

@@ -19,7 +19,6 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,9 @@ from engine.checkpoint import (
     CheckpointError, load_learner, load_tensors, read_json, read_metadata, read_tensor_metadata, save_learner,
     save_tensors, write_json,
 )
+from engine.config import LEGACY_TRAIN_SETTINGS, TrainConfig
 from engine.data.augment import augment_task
-from engine.data.omniglot import (DEFAULT_PIPELINE, LEGACY_PIPELINE, VALIDATION_SOURCES, DatasetNotFoundError, Splits,
-                                  load_splits)
+from engine.data.omniglot import VALIDATION_SOURCES, DatasetNotFoundError, Splits, load_splits
 from engine.data.tasks import fixed_tasks
 from engine.device import describe_device, keep_freed_memory, resolve_device
 from engine.evaluate import score, task_accuracies
@@ -41,38 +40,6 @@ from engine.learners import LEARNERS, Learner, get_learner_class
 from engine.nets import BackboneConfig
 from engine.paths import resolve_data_dir
 from engine.provenance import dataset_fingerprint, git_commit
-
-
-@dataclass
-class TrainConfig:
-    """Settings of the training run itself (the algorithm's own live in its config class)."""
-
-    ways: int = 5
-    shots: int = 1
-    queries: int = 5
-    meta_batch: int = 16
-    meta_steps: int = 1000
-    rotations: bool = True
-    val_ways: int = 5
-    val_shots: int = 1
-    val_queries: int = 5
-    val_tasks: int = 100
-    val_every: int = 100
-    checkpoint_minutes: float = 3.0
-    seed: int = 0
-    # Which characters train, validate and test (engine.data.omniglot.load_splits): "alphabets"
-    # (ours: unseen test alphabets), "background" (ours, training on the validation alphabets too)
-    # or "characters" (the papers' random character split).
-    split_scheme: str = "alphabets"
-    # How each drawing becomes a 28x28 (engine.data.omniglot.PIPELINES): "canonical" is the app's own
-    # preprocessing, so training sees what users' drawings look like to the network.
-    pipeline: str = DEFAULT_PIPELINE
-    # Strength of the handwriting augmentation of every training image (engine.data.augment); 0: none.
-    augment: float = 1.0
-
-
-LEGACY_TRAIN_SETTINGS: dict[str, Any] = {"pipeline": LEGACY_PIPELINE, "augment": 0.0}
-"""What a run whose saved settings predate a field did: resuming it keeps doing that."""
 
 
 VALIDATION_SEED = 2017  # the same validation tasks for every run, so curves are comparable

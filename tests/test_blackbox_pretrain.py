@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from engine import evaluate, train
 from engine.checkpoint import load_learner, save_learner
+from engine.config import TrainConfig
 from engine.data.omniglot import Splits, load_splits
 from engine.data.tasks import ROTATIONS, Task
 from engine.learners import AdaptSettings, Learner, get_learner_class
@@ -42,7 +43,7 @@ def predictions(learner: Learner, task: Task, settings: AdaptSettings | None = N
 # --------------------------------------------------------------------------- both
 
 
-def new_trainer(name: str, splits: Splits, config: train.TrainConfig, out: Path) -> train.Trainer:
+def new_trainer(name: str, splits: Splits, config: TrainConfig, out: Path) -> train.Trainer:
     cls = get_learner_class(name)
     learner = cls(config=cls.config_for_data(cls.config_class(), splits.train, config), backbone=SMALL, seed=0)
     return train.Trainer(learner, config, splits, out, torch.device("cpu"), provenance={}, progress=False)
@@ -54,7 +55,7 @@ def test_training_continues_exactly_after_a_restart(name: str, isolated_cache: P
     """Their own batches (random shapes and slots; image batches) come from the trainer's saved
     generator, so a resumed run takes the same steps as an uninterrupted one."""
     splits = load_splits(tiny_omniglot, progress=False)
-    config = train.TrainConfig(ways=6, shots=2, queries=2, meta_batch=2, meta_steps=4, val_every=2, val_tasks=2)
+    config = TrainConfig(ways=6, shots=2, queries=2, meta_batch=2, meta_steps=4, val_every=2, val_tasks=2)
     straight = new_trainer(name, splits, config, tmp_path / "straight")
     straight.run()
     first = new_trainer(name, splits, replace(config, meta_steps=2), tmp_path / "split")
@@ -125,7 +126,7 @@ def test_blackbox_meta_gradient_reaches_every_parameter() -> None:
 def test_blackbox_training_episodes_vary_in_shape_and_slots(isolated_cache: Path, tiny_omniglot: Path) -> None:
     chars = load_splits(tiny_omniglot, progress=False).train
     learner = make("blackbox", min_train_ways=2, min_train_shots=1)
-    config = train.TrainConfig(ways=6, shots=3, queries=2, meta_batch=40)
+    config = TrainConfig(ways=6, shots=3, queries=2, meta_batch=40)
     batch = learner.training_batch(chars, config, np.random.default_rng(0))
     assert len(batch) == 40 and all(isinstance(task, SlottedTask) for task in batch)
     assert {task.ways for task in batch} == set(range(2, 7)) and {task.shots for task in batch} == {1, 2, 3}
@@ -142,7 +143,7 @@ def test_blackbox_training_episodes_vary_in_shape_and_slots(isolated_cache: Path
     assert [t.slots for t in again] == [t.slots for t in batch]
     assert all(torch.equal(a.support_x, b.support_x) for a, b in zip(again, batch))
     with pytest.raises(ValueError, match="min_train_ways"):
-        learner.training_batch(chars, train.TrainConfig(ways=21), np.random.default_rng(0))
+        learner.training_batch(chars, TrainConfig(ways=21), np.random.default_rng(0))
 
 
 def test_blackbox_checkpoint_round_trip_keeps_predictions(tmp_path: Path) -> None:
@@ -166,7 +167,7 @@ def backbone_names(learner: Learner) -> list[str]:
 def test_pretrain_head_is_sized_by_the_data_and_survives_a_checkpoint(isolated_cache: Path, tiny_omniglot: Path,
                                                                         tmp_path: Path) -> None:
     chars = load_splits(tiny_omniglot, progress=False).train
-    config = train.TrainConfig(rotations=True)
+    config = TrainConfig(rotations=True)
     learner_config = Pretrain.config_for_data(Pretrain.config_class(batch_size=12), chars, config)
     assert learner_config.num_classes == chars.num_classes * ROTATIONS
     learner = Pretrain(config=learner_config, backbone=SMALL)
@@ -181,7 +182,7 @@ def test_pretrain_head_is_sized_by_the_data_and_survives_a_checkpoint(isolated_c
     assert batch.query_x.shape == (12, 1, 28, 28) and batch.support_x.shape[0] == 0
     assert batch.ways == learner_config.num_classes and int(batch.query_y.max()) < batch.ways
     with pytest.raises(ValueError, match="outputs but the training data has"):
-        learner.training_batch(chars, train.TrainConfig(rotations=False), np.random.default_rng(0))
+        learner.training_batch(chars, TrainConfig(rotations=False), np.random.default_rng(0))
 
 
 def test_pretrain_batches_label_rotations_as_sample_task_does(isolated_cache: Path, tiny_omniglot: Path) -> None:

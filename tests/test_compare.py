@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
 
+import engine.compare
+from engine import kernels
 from engine.compare import (
-    AlgorithmResult, TaskInputError, as_images, compare, compare_task, effective_settings, query_score, ranked,
+    AlgorithmResult, QueryScore, TaskInputError, as_images, compare, compare_task, effective_settings, ranked,
+    rescored, score_queries,
 )
 from engine.data.tasks import Task
-from engine.learners import LEARNERS, AdaptSettings, Learner
+from engine.learners import LEARNERS, AdaptSettings, Learner, ResolvedSettings
 from engine.nets import BackboneConfig
 
 TINY = BackboneConfig(channels=4)
@@ -119,24 +126,112 @@ def test_uneven_shots_and_unlabelled_queries() -> None:
     assert all(r.query_accuracy is None and r.labelled == 0 for r in no_labels)
 
 
-def test_effective_settings_follow_the_learner_defaults() -> None:
+def test_resolved_settings_follow_the_learner_defaults() -> None:
     models = learners()
     maml, reptile, protonet = models["maml"], models["reptile"], models["protonet"]
-    assert effective_settings(maml, None) == (maml.config.test_inner_steps, maml.config.inner_lr, "sgd")
-    assert effective_settings(reptile, AdaptSettings()) == (reptile.config.test_inner_steps, reptile.config.inner_lr,
-                                                            "sgd")
-    assert effective_settings(maml, AdaptSettings(steps=2, lr=0.05)) == (2, 0.05, "sgd")
-    assert effective_settings(protonet, AdaptSettings(steps=2, lr=0.05)) == (None, None, None)
+    assert maml.resolve_settings(None).summary() == (maml.config.test_inner_steps, maml.config.inner_lr, "sgd")
+    assert reptile.resolve_settings(AdaptSettings()).summary() == (
+        reptile.config.test_inner_steps, reptile.config.inner_lr, "sgd")
+    assert maml.resolve_settings(AdaptSettings(steps=2, lr=0.05)).summary() == (2, 0.05, "sgd")
+    assert protonet.resolve_settings(AdaptSettings(steps=2, lr=0.05)) == ResolvedSettings()
+    # The older name reports the same resolution.
+    assert effective_settings(maml, AdaptSettings(steps=2)) == maml.resolve_settings(AdaptSettings(steps=2)).summary()
     # Learned step sizes / curvature: as many steps as meta-training took (not test_inner_steps).
     support_x, support_y = blobs(3, 2)
     for name in ("metasgd", "mc1", "mc2"):
         learner = models[name]
         assert learner.config.inner_steps != learner.config.test_inner_steps
-        assert effective_settings(learner, AdaptSettings())[0] == learner.config.inner_steps
+        assert learner.resolve_settings(AdaptSettings()).steps == learner.config.inner_steps
         trace = learner.adapt(torch.as_tensor(support_x).unsqueeze(1), torch.as_tensor(support_y), 3).trace
         assert len(trace) == learner.config.inner_steps + 1
-        assert effective_settings(learner, AdaptSettings(steps=4))[0] == 4
-    assert effective_settings(models["imaml"], AdaptSettings())[2] == "armijo"
+        assert learner.resolve_settings(AdaptSettings(steps=4)).steps == 4
+    assert models["imaml"].resolve_settings(AdaptSettings()).optimizer == "armijo"
+    learned = models["metasgd"].resolve_settings(AdaptSettings())
+    assert learned.lr == "learned" and isinstance(learned.step_sizes, dict)
+    assert not any(rate.requires_grad for rate in learned.step_sizes.values())  # values, not the meta-graph
+
+
+def test_pretrain_shows_its_head_rate_and_adapts_with_per_weight_rates() -> None:
+    pretrain = learners()["pretrain"]
+    head_only = pretrain.resolve_settings(AdaptSettings(lr=0.3, finetune="head"))
+    assert head_only.lr == 0.3 and head_only.finetune == "head"
+    assert isinstance(head_only.step_sizes, dict)
+    assert float(head_only.step_sizes["head.weight"]) == pytest.approx(0.3)
+    assert float(head_only.step_sizes["conv0.weight"]) == 0.0  # a linear probe: the backbone stays
+    everything = pretrain.resolve_settings(AdaptSettings(lr=0.3, finetune="all"))
+    assert isinstance(everything.step_sizes, dict) and float(everything.step_sizes["conv0.weight"]) > 0
+
+
+def test_adapt_runs_exactly_what_resolve_settings_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``adapt`` takes its steps, step sizes and optimizer from ``resolve_settings`` and nowhere else."""
+    support_x, support_y = blobs(3, 1)
+    images, labels = torch.as_tensor(support_x).unsqueeze(1), torch.as_tensor(support_y)
+    for name, learner in learners().items():
+        if not learner.has_inner_loop:
+            continue
+        resolved = learner.resolve_settings(AdaptSettings())
+        forced = dataclasses.replace(resolved, steps=2, step_sizes=0.0, optimizer="sgd")
+        monkeypatch.setattr(learner, "resolve_settings", lambda settings=None, forced=forced: forced)
+        trace = learner.adapt(images, labels, 3, AdaptSettings(steps=7, lr=0.5)).trace
+        assert [record.step for record in trace] == [0, 1, 2], name
+        # Step size 0: nothing moves, whatever the settings asked for.
+        assert trace[-1].loss == pytest.approx(trace[0].loss, abs=1e-6), name
+
+
+def test_query_scoring_counts_only_labelled_queries() -> None:
+    assert score_queries(np.array([0, 1, 2]), [0, None, 1]) == QueryScore(correct=1, labelled=2)
+    assert score_queries(np.array([0, 1, 2]), torch.tensor([0, 1, -1])).accuracy == 1.0
+    assert score_queries(np.array([0, 1]), None).accuracy is None
+    assert score_queries(None, [0, 1]) == QueryScore()
+    with pytest.raises(ValueError):
+        score_queries(np.array([0, 1]), [0, 1, 2])
+    run = AlgorithmResult("a", predictions=np.array([1, 1]))
+    assert (rescored(run, [1, 0]).correct, rescored(run, [1, 0]).labelled) == (1, 2)
+    failed = AlgorithmResult("b", predictions=np.array([1, 1]), error="x")
+    assert rescored(failed, [1, 1]).query_accuracy is None and rescored(failed, [1, 1]).labelled == 0
+
+
+def test_the_fused_switch_holds_for_its_own_thread_only() -> None:
+    inside, other = threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def switched_off() -> None:
+        with kernels.fused(False):
+            seen["switched"] = kernels.enabled()
+            inside.set()
+            other.wait(timeout=10)
+
+    def looking() -> None:
+        inside.wait(timeout=10)
+        seen["other"] = kernels.enabled()
+        other.set()
+
+    threads = [threading.Thread(target=switched_off), threading.Thread(target=looking)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == {"switched": False, "other": True}
+    assert kernels.enabled()
+
+
+def test_comparison_workers_run_in_the_callers_fused_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    models = {name: learner for name, learner in learners().items() if name in ("maml", "fomaml", "protonet")}
+    seen: dict[str, bool] = {}
+    for name, model in models.items():
+        original = model.adapt
+
+        def recording(*args: object, name: str = name, original=original, **kwargs: object):  # type: ignore[no-untyped-def]
+            seen[name] = kernels.enabled()
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(model, "adapt", recording)
+    support_x, support_y = blobs(2, 1)
+    with kernels.fused(False):
+        compare(models, support_x, support_y, 2, settings=AdaptSettings(steps=1), workers=2)
+    assert seen == dict.fromkeys(models, False)
+    compare(models, support_x, support_y, 2, settings=AdaptSettings(steps=1), workers=2)
+    assert seen == dict.fromkeys(models, True)
 
 
 def test_ranked_puts_accuracy_first_and_failures_last() -> None:
@@ -174,29 +269,19 @@ def test_workers_start_the_longest_inner_loops_first_and_keep_the_result_order(
                 "maml": AdaptSettings(steps=6), "reptile": AdaptSettings(steps=4)}
     results = compare(models, support_x, support_y, 2, settings=settings, workers=1)
     assert started == list(models)  # one worker: the order given
+    # The queue the workers take from, in order (what starts when also depends on thread timing).
+    queued: list[str] = []
+
+    class RecordingPool(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+            queued.append(args[1] if fn is not None and len(args) > 1 else "?")
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(engine.compare, "ThreadPoolExecutor", RecordingPool)
     started.clear()
     results = compare(models, support_x, support_y, 2, settings=settings, workers=2)
     assert [result.name for result in results] == list(models)
-    assert set(started[:2]) == {"maml", "reptile"}, started  # the two most steps
+    assert sorted(started) == sorted(models)
+    assert queued[:2] == ["maml", "reptile"], queued  # the most steps first
     quick = [name for name, model in models.items() if not model.has_inner_loop]
-    assert quick and set(started[-len(quick):]) == set(quick), started
-
-
-def test_query_score_counts_only_labelled_queries() -> None:
-    """None and -1 mark an unlabelled query (the app and the engine's labels); no label, no accuracy."""
-    predictions = np.array([0, 1, 2, 1])
-    assert query_score(predictions, [0, None, 1, -1]) == (1, 2, 0.5)
-    assert query_score(predictions, [0, 1, 2, 1]) == (4, 4, 1.0)
-    assert query_score(predictions, [None, None, -1, -1]) == (0, 0, None)
-    assert query_score(None, [0, 1, 2, 1]) == (0, 0, None)  # a failed algorithm scores nothing
-
-
-def test_compare_scores_queries_as_query_score_does() -> None:
-    support_x, support_y = blobs(3, 2)
-    query_x, _ = blobs(3, 2, seed=3)
-    labels = np.array([0, -1, 1, 1, -1, 2])
-    for result in compare(learners(), support_x, support_y, 3, query_x, AdaptSettings(steps=2), labels):
-        assert result.ok, result.error
-        expected = query_score(result.predictions, labels.tolist())
-        assert (result.correct, result.labelled, result.query_accuracy) == expected
-        assert result.labelled == 4
+    assert quick and set(queued[-len(quick):]) == set(quick), queued

@@ -64,7 +64,7 @@ def test_learner_meta_gradient_is_the_implicit_formula_on_the_network() -> None:
     start = learner.initial_weights({k: v.detach().requires_grad_(True) for k, v in learner.params.items()}, 2)
     problem = learner.inner_problem(task.support_x, task.support_y, start)
     from engine.learners.gradient import inner_loop
-    from engine.learners.maml import query_logits
+    from engine.learners.gradient import query_logits
     from engine.optim import make_inner_optimizer
 
     phi = inner_loop(start, problem, 40, 0.3, make_inner_optimizer("sgd"))
@@ -135,7 +135,7 @@ def unrolled_and_implicit(omniglot_dir: object, conv_init_scale: float | None) -
 
     from engine.data.omniglot import load_splits
     from engine.data.tasks import Task, sample_task
-    from engine.learners.maml import query_logits
+    from engine.learners.gradient import query_logits
     from engine.nets import classify
 
     splits = load_splits(omniglot_dir, progress=False)  # type: ignore[arg-type]

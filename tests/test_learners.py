@@ -13,12 +13,13 @@ from engine.data.omniglot import load_splits
 from engine.data.tasks import Task
 from engine.learners import LEARNERS, AdaptSettings, Learner, get_learner_class
 from engine.learners.gradient import GradientConfig
-from engine.learners.maml import query_logits
+from engine.learners.gradient import query_logits
 from engine.learners.protonet import prototype_logits, prototypes
 from engine.learners.reptile import ReptileConfig
 from engine.nets import BackboneConfig, classify, embed, zero_head
 from engine.optim import INNER_OPTIMIZERS, make_inner_optimizer
-from engine.train import TrainConfig, build_parser
+from engine.config import TrainConfig
+from engine.train import build_parser
 
 TINY = BackboneConfig(channels=4)
 

@@ -1,12 +1,10 @@
 """The fast paths compute exactly what the plain autograd reference computes (float64, tight
 tolerances): the fused inner-loop kernels, PyTorch's batch norm inside ``engine.nets``, cached
 support statistics for predictions, the multi-tensor SGD step and threaded comparisons. Speed
-itself is measured by ``python -m engine.bench``, not here."""
+itself is measured by ``python -m benchmarks.bench``, not here."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from engine.learners import LEARNERS, AdaptSettings, Learner
 from engine.learners.imaml import ProximalProblem
 from engine.nets import BackboneConfig, Params, classify, embed, init_backbone
 from engine.optim import InnerProblem
-from engine.peers import module_from_params, naive_adapt
+from benchmarks.peers import module_from_params, naive_adapt
 from tests.test_learners import make, meta_gradient, tasks, to_double
 
 SMALL = BackboneConfig(channels=6)
@@ -315,72 +313,6 @@ def test_threaded_comparison_returns_the_same_results_in_order() -> None:
             torch.testing.assert_close(torch.from_numpy(other.probabilities), torch.from_numpy(one.probabilities))
 
 
-def test_benchmark_smoke_run_covers_every_registered_algorithm(tmp_path: Path) -> None:
-    from engine.bench import TARGETS, main
-
-    output = tmp_path / "bench.json"
-    assert main(["--quick", "--skip-peers", "--channels", "4", "--threads", "1", "--json", str(output)]) == 0
-    report = json.loads(output.read_text())
-    run = report["runs"][0]
-    assert {row["algorithm"] for row in run["adaptation"]} == set(LEARNERS)
-    assert all("median_ms" in row["5w1s"] or "error" in row for row in run["adaptation"])
-    compared = run["compare"][0]
-    # The target set is timed on its own: the gradient-based algorithms and ProtoNet.
-    assert set(compared["subset"]) == {name for name in LEARNERS if LEARNERS[name].has_inner_loop} | {"protonet"}
-    assert 0 < compared["subset_median_ms"] and 0 < compared["all_median_ms"]
-    # ... and as the app runs it by default: each shipped checkpoint's own test-time steps.
-    assert 0 < compared["subset_defaults_median_ms"]
-    assert compared["subset_defaults_steps"]["metasgd"] == 1 and compared["subset_defaults_steps"]["maml"] == 10
-    assert compared["subset_defaults_steps"]["protonet"] is None
-    assert run["compare"][0]["algorithms"] and [check["target"] for check in run["targets"]] == [
-        target.description for target in TARGETS]
-    assert {row["label"] for row in run["meta"]} >= {"maml (issue)", "fomaml", "reptile", "protonet"}
-    assert report["environment"]["torch"] == torch.__version__
-    assert "keep_freed_memory" in report["environment"]["allocator"]
-    assert report["environment"]["channels_last_from_images"] == kernels.CHANNELS_LAST_MIN_IMAGES
-
-
-def test_benchmark_times_each_algorithm_on_its_shipped_backbone(tmp_path: Path) -> None:
-    from engine.bench import build_learners, shipped_backbones
-
-    (tmp_path / "protonet").mkdir()
-    (tmp_path / "protonet" / "model.json").write_text(json.dumps(
-        {"algorithm": "protonet", "backbone": {"channels": 64, "layers": 4, "downsample": "maxpool"}}))
-    (tmp_path / "maml").mkdir()
-    (tmp_path / "maml" / "model.json").write_text("{not json")  # unreadable: the default network
-    default = BackboneConfig(channels=4)
-    backbones = shipped_backbones(tmp_path, default)
-    assert set(backbones) == set(LEARNERS)
-    # The shipped downsampling at the benchmark's width; everything else on the default.
-    assert backbones["protonet"] == BackboneConfig(channels=4, downsample="maxpool")
-    assert all(backbone == default for name, backbone in backbones.items() if name != "protonet")
-    assert shipped_backbones(None, default) == dict.fromkeys(LEARNERS, default)
-    learners, failed = build_learners(backbones, torch.device("cpu"))
-    assert learners["protonet"].backbone.downsample == "maxpool" and not failed
-
-
-def test_the_apps_default_steps_come_from_the_shipped_checkpoints(tmp_path: Path) -> None:
-    from engine.bench import build_learners, shipped_test_steps
-
-    learners, _ = build_learners(dict.fromkeys(LEARNERS, BackboneConfig(channels=4)), torch.device("cpu"))
-    (tmp_path / "maml").mkdir()
-    (tmp_path / "maml" / "model.json").write_text(json.dumps(
-        {"algorithm": "maml", "config": {"inner_steps": 2, "test_inner_steps": 3}}))
-    (tmp_path / "mc1").mkdir()
-    (tmp_path / "mc1" / "model.json").write_text("{not json")  # unreadable: the fresh learner's default
-    steps = shipped_test_steps(tmp_path, learners)
-    assert steps["maml"] == 3 and steps["mc1"] == learners["mc1"].default_test_steps()
-    assert steps["protonet"] is None and set(steps) == set(learners)
-
-
-def test_meta_step_specs_describe_the_configurations() -> None:
-    from engine.bench import META_SPECS
-
-    issue = next(spec for spec in META_SPECS if spec.label == "maml (issue)")
-    assert (issue.tasks, issue.ways, issue.shots, issue.queries) == (32, 5, 1, 1)
-    assert dataclasses.asdict(issue)["algorithm"] == "maml"
-
-
 # In a fresh interpreter: page faults while the same 40 MiB of 1 MiB activations are allocated,
 # touched and freed five times over (an inner loop's pattern), with or without keep_freed_memory().
 _FAULT_PROBE = """
@@ -418,19 +350,3 @@ def test_keep_freed_memory_reuses_freed_activations_without_page_faults() -> Non
     # Default glibc hands the freed blocks back to the kernel (munmap or trimming), so each cycle
     # faults its pages in again: 10k-20k faults here against 1.5k-2.5k kept.
     assert kept * 4 < default, (kept, default)
-
-
-def test_the_floor_benchmark_splits_convolution_time_from_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
-    from engine.bench_floor import main, profiled_ms
-
-    x, weight = torch.randn(5, 8, 14, 14), torch.randn(8, 8, 3, 3)
-    conv, other = profiled_ms(lambda: F.conv2d(x, weight, padding=1), repeats=3)
-    assert conv > 0 and other < conv
-    conv, other = profiled_ms(lambda: x.flatten(1) @ x.flatten(1).t(), repeats=3)
-    assert conv == 0 and other > 0
-    assert main(["--repeats", "1", "--channels", "4"]) == 0
-    rows = {line.split(" | ")[0].strip("| *"): line for line in capsys.readouterr().out.splitlines()
-            if line.startswith("| ")}
-    assert set(LEARNERS) <= set(rows) and any(name.startswith("target set") for name in rows)
-    wall, conv_ms, other_ms = (float(cell) for cell in rows["maml"].strip("| ").split(" | ")[1:])
-    assert wall > 0 and conv_ms > 0 and other_ms > 0

@@ -256,8 +256,8 @@ def test_the_split_scheme_is_the_runs_own_through_resume_and_evaluation(tmp_path
     draws its tasks from that split's test characters unless told otherwise."""
     schemes: list[str] = []
     real_load_splits = train.load_splits
-    monkeypatch.setattr(train, "load_splits", lambda data_dir, scheme: schemes.append(scheme) or
-                        real_load_splits(data_dir, scheme=scheme, progress=False))
+    monkeypatch.setattr(train, "load_splits", lambda data_dir, scheme, pipeline: schemes.append(scheme) or
+                        real_load_splits(data_dir, scheme=scheme, pipeline=pipeline, progress=False))
     out = tmp_path / "run"
     common = ["--algorithm", "fomaml", "--out", str(out), *SMALL]
     run_train(*common, "--meta-steps", "2", "--split-scheme", "characters", data_dir=omniglot_dir)

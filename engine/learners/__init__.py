@@ -13,6 +13,7 @@ from engine.learners.base import (
     LearnerConfig,
     MetaLoss,
     PaperReference,
+    ResolvedSettings,
     StepRecord,
     get_learner_class,
     register_learner,
@@ -25,5 +26,5 @@ from engine.learners import (  # noqa: E402,F401
 
 __all__ = [
     "LEARNERS", "About", "AdaptSettings", "Adapted", "Learner", "LearnerConfig", "MetaLoss", "PaperReference",
-    "StepRecord", "get_learner_class", "register_learner",
+    "ResolvedSettings", "StepRecord", "get_learner_class", "register_learner",
 ]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.config import TrainConfig
 from engine.data.tasks import sample_task
 from engine.nets import BackboneConfig, Params, init_backbone
 from engine.registry import Registry
@@ -32,7 +33,6 @@ from engine.registry import Registry
 if TYPE_CHECKING:
     from engine.data.omniglot import CharacterSet
     from engine.data.tasks import Task
-    from engine.train import TrainConfig
 
 
 @dataclass
@@ -60,6 +60,28 @@ class AdaptSettings:
     # Which weights adaptation may change, for learners that offer a choice (``finetune_modes``,
     # e.g. pretrain's "head" or "all"); None: the learner's own default. Others ignore it.
     finetune: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """What ``adapt`` runs with some :class:`AdaptSettings`: every choice they leave open filled in
+    from the learner's defaults (``Learner.resolve_settings``, the one place that does this).
+
+    All None for learners without an inner loop."""
+
+    steps: int | None = None
+    # The step size shown to people: one number, "learned" for rates meta-learned per weight
+    # (Meta-SGD), None without an inner loop.
+    lr: float | str | None = None
+    # What the inner optimizer is given: one float, or one (detached) tensor per weight.
+    step_sizes: float | Params | None = None
+    optimizer: str | None = None
+    # Which weights adaptation changes, for learners with a choice (``finetune_modes``); else None.
+    finetune: str | None = None
+
+    def summary(self) -> tuple[int | None, float | str | None, str | None]:
+        """(steps, lr, optimizer), as the app and reports show them."""
+        return self.steps, self.lr, self.optimizer
 
 
 @dataclass(frozen=True)
@@ -187,19 +209,19 @@ class Learner(ABC):
 
     # -- training data -----------------------------------------------------------------------
     @classmethod
-    def config_for_data(cls, config: LearnerConfig, chars: "CharacterSet", train: "TrainConfig") -> LearnerConfig:
+    def config_for_data(cls, config: LearnerConfig, chars: "CharacterSet", train: TrainConfig) -> LearnerConfig:
         """``config`` completed from the training data before a fresh run builds the learner (e.g. the
         number of classes of a global classifier head); the result is what checkpoints save."""
         return config
 
-    def training_batch(self, chars: "CharacterSet", train: "TrainConfig", rng: np.random.Generator) -> list["Task"]:
+    def training_batch(self, chars: "CharacterSet", train: TrainConfig, rng: np.random.Generator) -> list["Task"]:
         """One meta-step's batch for ``meta_loss``, drawn with the trainer's ``rng`` (saved for
         ``--resume``). Default: ``meta_batch`` tasks of ``training_ways``-way ``shots``-shot."""
         ways = self.training_ways(train, rng)
         return [sample_task(chars, ways, train.shots, train.queries, rng, rotations=train.rotations)
                 for _ in range(train.meta_batch)]
 
-    def training_ways(self, train: "TrainConfig", rng: np.random.Generator) -> int:
+    def training_ways(self, train: TrainConfig, rng: np.random.Generator) -> int:
         """The number of classes of one meta-step's tasks (default: always ``--ways``)."""
         return train.ways
 
@@ -225,6 +247,15 @@ class Learner(ABC):
     def inner_lr(self, settings: AdaptSettings | None = None) -> float | Params | None:
         """The inner loop's step size with ``settings`` (one float, or one tensor per weight)."""
         return None if settings is None else settings.lr
+
+    def finetune_mode(self, settings: AdaptSettings | None) -> str | None:
+        """Which weights adaptation changes with ``settings`` (None: the learner offers no choice)."""
+        return None
+
+    def resolve_settings(self, settings: AdaptSettings | None = None) -> ResolvedSettings:
+        """What ``adapt(..., settings)`` runs: ``adapt`` itself, comparisons, evaluation and the app
+        all read it from here. A learner without an inner loop ignores the settings."""
+        return ResolvedSettings()
 
     def describe(self) -> dict[str, Any]:
         return {"algorithm": self.name, "config": dataclasses.asdict(self.config),
@@ -268,5 +299,6 @@ def mean_metrics(losses: list[Tensor], accuracies: list[float]) -> tuple[float, 
 
 __all__ = [
     "About", "AdaptSettings", "Adapted", "LEARNERS", "Learner", "LearnerConfig", "MetaLoss", "PaperReference",
-    "StepRecord", "Stopwatch", "accuracy", "get_learner_class", "mean_metrics", "query_meta_loss", "register_learner",
+    "ResolvedSettings", "StepRecord", "Stopwatch", "accuracy", "get_learner_class", "mean_metrics", "query_meta_loss",
+    "register_learner",
 ]

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.config import TrainConfig
 from engine.data.tasks import Task, sample_task
 from engine.learners.base import (
     About, AdaptSettings, Adapted, Learner, LearnerConfig, MetaLoss, PaperReference, StepRecord, Stopwatch, accuracy,
@@ -57,7 +58,6 @@ from engine.nets import BackboneConfig, Params, embed
 
 if TYPE_CHECKING:
     from engine.data.omniglot import CharacterSet
-    from engine.train import TrainConfig
 
 MAX_WAYS = 20  # the app's largest N: the label table has one slot per possible class
 PREFIX = "attn."
@@ -259,7 +259,7 @@ class BlackBox(Learner):
     def slot_tensor(self, slots: Sequence[int]) -> Tensor:
         return torch.tensor(list(slots), dtype=torch.long, device=self.device)
 
-    def training_batch(self, chars: "CharacterSet", train: "TrainConfig", rng: np.random.Generator) -> list[Task]:
+    def training_batch(self, chars: "CharacterSet", train: TrainConfig, rng: np.random.Generator) -> list[Task]:
         """``meta_batch`` episodes of random shape, each with a random assignment of label slots."""
         low_ways, low_shots = self.config.min_train_ways, self.config.min_train_shots
         if not 1 <= low_ways <= train.ways <= MAX_WAYS:

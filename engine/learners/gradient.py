@@ -9,19 +9,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from engine import kernels
-from engine.learners.base import AdaptSettings, Adapted, Learner, LearnerConfig, StepRecord, Stopwatch, accuracy
+from engine.config import TrainConfig
+from engine.data.tasks import Task
+from engine.learners.base import (
+    AdaptSettings, Adapted, Learner, LearnerConfig, ResolvedSettings, StepRecord, Stopwatch, accuracy,
+)
 from engine.nets import Params, classify, zero_head
 from engine.optim import INNER_OPTIMIZERS, InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
-
-if TYPE_CHECKING:
-    from engine.train import TrainConfig
 
 # Meta-parameters that are not network weights (e.g. Meta-SGD's learning rates) carry this prefix;
 # they shape the inner loop but are not adapted by it.
@@ -59,6 +59,14 @@ def inner_loop(params: Params, problem: InnerProblem, steps: int, lr: LearningRa
             grads = transform(grads)
         params = optimizer.step(params, grads, evaluation.loss, lr, problem)
     return params
+
+
+def query_logits(learner: "GradientLearner", fast: Params, task: Task) -> Tensor:
+    """A task's query logits at fast weights ``fast``, batch norm normalised by the support set's
+    statistics: how every gradient learner scores its queries in meta-training."""
+    num_support = task.support_x.shape[0]
+    both = torch.cat([task.support_x, task.query_x])
+    return classify(fast, both, learner.backbone, stats_count=num_support)[num_support:]
 
 
 def straight_through(meta_params: Params, adapted: Params) -> Params:
@@ -99,7 +107,7 @@ class GradientLearner(Learner):
     config: GradientConfig
     config_class = GradientConfig
 
-    def training_ways(self, train: "TrainConfig", rng: np.random.Generator) -> int:
+    def training_ways(self, train: TrainConfig, rng: np.random.Generator) -> int:
         low = self.config.min_train_ways
         if low is None:
             return train.ways
@@ -141,6 +149,21 @@ class GradientLearner(Learner):
         differently at test time (pretrain: zero or a smaller rate for the backbone)."""
         return self.inner_lr(settings)
 
+    def resolve_settings(self, settings: AdaptSettings | None = None) -> ResolvedSettings:
+        settings = settings or AdaptSettings()
+        shown = self.inner_lr(settings)
+        lr: float | str
+        if isinstance(shown, dict):
+            lr = "learned"
+        else:
+            lr = float(shown)
+        step_sizes = self.adapt_step_sizes(settings)
+        if isinstance(step_sizes, dict):  # learned rates: adaptation needs their values, not their graph
+            step_sizes = {name: rate.detach() for name, rate in step_sizes.items()}
+        return ResolvedSettings(steps=self.default_test_steps() if settings.steps is None else settings.steps,
+                                lr=lr, step_sizes=step_sizes, optimizer=settings.optimizer or self.default_optimizer(),
+                                finetune=self.finetune_mode(settings))
+
     def gradient_transform(self, meta_params: Params) -> GradientTransform | None:
         """A meta-learned map applied to every inner-loop gradient (None: the gradient as it is)."""
         return None
@@ -162,12 +185,9 @@ class GradientLearner(Learner):
         return self.initial_weights({k: v.requires_grad_(True) for k, v in self.detached_params().items()}, ways)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:
-        settings = settings or AdaptSettings()
-        steps = self.default_test_steps() if settings.steps is None else settings.steps
-        lr = self.adapt_step_sizes(settings)
-        if isinstance(lr, dict):  # learned rates: adaptation needs their values, not their graph
-            lr = {k: v.detach() for k, v in lr.items()}
-        optimizer_name = settings.optimizer or self.default_optimizer()
+        resolved = self.resolve_settings(settings)
+        steps, lr, optimizer_name = resolved.steps, resolved.step_sizes, resolved.optimizer
+        assert steps is not None and lr is not None and optimizer_name is not None
         optimizer = make_inner_optimizer(optimizer_name)
         transform = self.gradient_transform(self.detached_params())
         watch = Stopwatch(self.device)

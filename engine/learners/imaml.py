@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.learners.base import About, MetaLoss, PaperReference, accuracy, mean_metrics, register_learner
-from engine.learners.gradient import GradientConfig, GradientLearner, inner_loop
-from engine.learners.maml import query_logits
+from engine.learners.gradient import GradientConfig, GradientLearner, inner_loop, query_logits
 from engine.nets import Params
 from engine.optim import InnerProblem, make_inner_optimizer
 

@@ -18,19 +18,12 @@ from torch import Tensor
 
 from engine import kernels
 from engine.learners.base import About, MetaLoss, PaperReference, query_meta_loss, register_learner
-from engine.learners.gradient import GradientLearner, GradientTransform, inner_loop, straight_through
-from engine.nets import Params, backbone_only, classify, embed
+from engine.learners.gradient import GradientLearner, GradientTransform, inner_loop, query_logits, straight_through
+from engine.nets import Params, backbone_only, embed
 from engine.optim import InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
 
 if TYPE_CHECKING:
     from engine.data.tasks import Task
-
-
-def query_logits(learner: GradientLearner, fast: Params, task: "Task") -> Tensor:
-    """Query logits with batch norm normalised by the support set's statistics."""
-    num_support = task.support_x.shape[0]
-    both = torch.cat([task.support_x, task.query_x])
-    return classify(fast, both, learner.backbone, stats_count=num_support)[num_support:]
 
 
 def zero_head_step(start: Params, support_features: Tensor, support_y: Tensor, lr: LearningRate,

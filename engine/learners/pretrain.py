@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.config import TrainConfig
 from engine.data.tasks import ROTATIONS, Task
 from engine.learners.base import (
     About, AdaptSettings, LearnerConfig, MetaLoss, PaperReference, query_meta_loss, register_learner,
@@ -40,7 +41,6 @@ from engine.optim import LearningRate
 
 if TYPE_CHECKING:
     from engine.data.omniglot import CharacterSet
-    from engine.train import TrainConfig
 
 GLOBAL_HEAD = META_PREFIX + "classifier."  # the training-time head over all classes
 HEAD_NAMES = ("head.weight", "head.bias")  # the fresh head fitted at adaptation
@@ -130,7 +130,7 @@ class Pretrain(GradientLearner):
             url="https://arxiv.org/abs/1904.04232", label="Baseline (Chen et al. 2019)"))
 
     @classmethod
-    def config_for_data(cls, config: LearnerConfig, chars: "CharacterSet", train: "TrainConfig") -> LearnerConfig:
+    def config_for_data(cls, config: LearnerConfig, chars: "CharacterSet", train: TrainConfig) -> LearnerConfig:
         assert isinstance(config, PretrainConfig)
         return replace(config, num_classes=class_count(chars, train.rotations))
 
@@ -142,7 +142,7 @@ class Pretrain(GradientLearner):
         return {**super().init_params(generator), **head}
 
     # -- training: ordinary classification ---------------------------------------------------
-    def training_batch(self, chars: "CharacterSet", train: "TrainConfig", rng: np.random.Generator) -> list[Task]:
+    def training_batch(self, chars: "CharacterSet", train: TrainConfig, rng: np.random.Generator) -> list[Task]:
         classes = class_count(chars, train.rotations)
         if classes != self.config.num_classes:
             raise ValueError(f"pretrain's head has {self.config.num_classes} outputs but the training data has "

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.learners.base import About, MetaLoss, PaperReference, accuracy, mean_metrics, register_learner
-from engine.learners.gradient import GradientConfig, GradientLearner, inner_loop
-from engine.learners.maml import query_logits
+from engine.learners.gradient import GradientConfig, GradientLearner, inner_loop, query_logits
 from engine.nets import Params
 from engine.optim import InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
 

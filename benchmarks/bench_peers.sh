@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv-bench: the benchmark's own environment with the peer libraries that
-# `python -m engine.bench` compares against (learn2learn and higher). They are not project
+# `python -m benchmarks.bench` compares against (learn2learn and higher). They are not project
 # dependencies, so they stay out of requirements.txt and out of .venv.
 #
-#   bash engine/bench_peers.sh                 # then: .venv-bench/bin/python -m engine.bench
+#   bash benchmarks/bench_peers.sh                 # then: .venv-bench/bin/python -m benchmarks.bench
 #
 # * torch is the project's pin (torch==2.13.0, CPU build), so both venvs time the same kernels.
 # * higher 0.2.1 declares a torch pin of its own that no longer resolves: installed with --no-deps.
@@ -50,4 +50,4 @@ if [ "$l2l_ok" = 1 ]; then
 else
   echo "learn2learn 0.2.0: FAILED to install; the benchmark will say so and run without it" >&2
 fi
-echo "done: $venv/bin/python -m engine.bench"
+echo "done: $venv/bin/python -m benchmarks.bench"

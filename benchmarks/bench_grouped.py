@@ -1,6 +1,6 @@
 """Would one batched pass over several algorithms' networks beat adapting them one after another?
 
-    python -m engine.bench_grouped [--networks 8] [--repeats 100] [--threads 1]
+    python -m benchmarks.bench_grouped [--networks 8] [--repeats 100] [--threads 1]
 
 Comparing algorithms means adapting several stride-2 Conv-4s (one per algorithm, different
 weights) on the same support set. Stacked, their convolutions become one grouped convolution
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from engine.bench_backbones import median_ms
+from benchmarks.bench_backbones import median_ms
 
 CHANNELS = 64
 STRIDE = 2
@@ -56,7 +56,7 @@ def layer_ms(images: int, size: int, networks: int, first: bool, layout: torch.m
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.bench_grouped", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_grouped", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--networks", type=int, default=8, help="networks stacked (the gradient-based algorithms)")
     parser.add_argument("--repeats", type=int, default=100, help="timed calls per figure (median reported)")
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     stacked = args.networks
-    print(f"engine.bench_grouped: torch {torch.__version__}, {args.threads} thread(s), {stacked} networks stacked; "
+    print(f"benchmarks.bench_grouped: torch {torch.__version__}, {args.threads} thread(s), {stacked} networks stacked; "
           "median ms of one layer's forward + backward convolution")
     print(f"| support | layout | layer (input) | 1 network | {stacked} stacked | ratio to {stacked} x 1 |")
     print("|---|---|---|---:|---:|---:|")

@@ -1,9 +1,9 @@
 """How fast are adaptation and meta-training, against learn2learn, higher and a naive reference?
 
-    python -m engine.bench [--json FILE] [--repeats N] [--threads 1,2] [--quick] [--skip-peers] [--device cuda]
+    python -m benchmarks.bench [--json FILE] [--repeats N] [--threads 1,2] [--quick] [--skip-peers] [--device cuda]
 
-With the peers: ``bash engine/bench_peers.sh`` once (creates ``.venv-bench``), then
-``.venv-bench/bin/python -m engine.bench``. In ``.venv`` the peers are reported unavailable and
+With the peers: ``bash benchmarks/bench_peers.sh`` once (creates ``.venv-bench``), then
+``.venv-bench/bin/python -m benchmarks.bench``. In ``.venv`` the peers are reported unavailable and
 everything else still runs.
 
 Measures, in one run on one machine, per thread count (``--threads``):
@@ -13,11 +13,12 @@ Measures, in one run on one machine, per thread count (``--threads``):
    with 10 inner steps plus ``predict_proba`` on 20 queries; and all algorithms on the same task
    as the app runs them (``engine.compare.compare``);
 2. meta-training step time (zero_grad + meta_loss + backward + optimizer step) and peak memory of
-   second-order MAML (the issue's configuration and the one models/train.sh trains with),
-   first-order MAML, Reptile and ProtoNet;
+   second-order MAML (32 tasks of 5-way 1-shot with one inner step, and the configuration
+   models/train.sh trains with), first-order MAML, Reptile and ProtoNet; and the latency and memory
+   budgets (``BUDGETS``) those figures are checked against;
 3. the same 5-way 1-shot adaptation and MAML meta-step done by the naive reference (deep-copied
    ``nn.Module`` + ``torch.autograd.grad``), learn2learn and higher on the same weights and tasks
-   (``engine.peers``), each as a ratio to ours measured in the same run, interleaved call by call.
+   (``benchmarks.peers``), each as a ratio to ours measured in the same run, interleaved call by call.
 
 Learners are randomly initialised 64-channel networks (timings do not depend on trained weights),
 each on the backbone of its shipped checkpoint (``models/<algorithm>/model.json``: ProtoNet's is the
@@ -85,11 +86,11 @@ class MetaSpec:
         return f"{self.tasks} x {self.ways}w{self.shots}s, {self.queries} query/class{steps}"
 
 
-# The issue's configuration (32 tasks of 5-way 1-shot, 1 query per class, 1 inner step, as in
-# engine.bench_backbones), the same batch for FOMAML, Reptile and ProtoNet, and the
+# Second-order MAML on 32 tasks of 5-way 1-shot, 1 query per class, 1 inner step (as in
+# benchmarks.bench_backbones), the same batch for FOMAML, Reptile and ProtoNet, and the
 # configurations models/train.sh actually trains MAML and ProtoNet with.
 META_SPECS: tuple[MetaSpec, ...] = (
-    MetaSpec("maml (issue)", "maml", 32, 5, 1, 1, 1),
+    MetaSpec("maml (1 inner step)", "maml", 32, 5, 1, 1, 1),
     MetaSpec("maml (models/train.sh)", "maml", 16, 5, 1, 5, 2),
     MetaSpec("fomaml", "fomaml", 32, 5, 1, 1, 1),
     MetaSpec("reptile", "reptile", 32, 5, 1, 1, 1),
@@ -100,32 +101,32 @@ PEER_META_SPEC = META_SPECS[0]
 
 
 @dataclass(frozen=True)
-class Target:
-    """A figure the issue asks for (benchmark figures, not unit tests)."""
+class Budget:
+    """A latency, speed-up or memory limit a benchmark figure is checked against (reported, not a unit test)."""
 
     description: str
-    key: str  # where the figure is in the results: see ``target_values``
+    key: str  # where the figure is in the results: see ``budget_values``
     limit: float
     at_least: bool = False  # True: the figure must be >= limit (a speed-up ratio)
 
 
-TARGETS: tuple[Target, ...] = (
-    Target("one gradient-based 10-step 5w1s adaptation + prediction (maml) <= 30 ms", "adapt.maml.5w1s", 30.0),
-    Target("... >= 6x faster than learn2learn", "peers.adapt.learn2learn", 6.0, at_least=True),
-    Target("all gradient-based algorithms + protonet on one 5w1s task <= 150 ms", "compare.5w1s.gradient+protonet",
+BUDGETS: tuple[Budget, ...] = (
+    Budget("one gradient-based 10-step 5w1s adaptation + prediction (maml) <= 30 ms", "adapt.maml.5w1s", 30.0),
+    Budget("... >= 6x faster than learn2learn", "peers.adapt.learn2learn", 6.0, at_least=True),
+    Budget("all gradient-based algorithms + protonet on one 5w1s task <= 150 ms", "compare.5w1s.gradient+protonet",
            150.0),
-    Target("all gradient-based algorithms + protonet on one 5w5s task <= 400 ms", "compare.5w5s.gradient+protonet",
+    Budget("all gradient-based algorithms + protonet on one 5w5s task <= 400 ms", "compare.5w5s.gradient+protonet",
            400.0),
-    Target("... 5w1s with 2 workers <= 150 ms", "compare_workers.5w1s.gradient+protonet", 150.0),
-    Target("... 5w5s with 2 workers <= 400 ms", "compare_workers.5w5s.gradient+protonet", 400.0),
+    Budget("... 5w1s with 2 workers <= 150 ms", "compare_workers.5w1s.gradient+protonet", 150.0),
+    Budget("... 5w5s with 2 workers <= 400 ms", "compare_workers.5w5s.gradient+protonet", 400.0),
     # The same set as the app runs it by default (each model's own test-time steps): reported beside
     # the figures above, which hold every algorithm to 10 steps.
-    Target("... 5w1s, each model's own test-time steps (the app's default) <= 150 ms",
+    Budget("... 5w1s, each model's own test-time steps (the app's default) <= 150 ms",
            "compare.5w1s.gradient+protonet defaults", 150.0),
-    Target("... 5w1s, the app's default steps, 2 workers <= 150 ms",
+    Budget("... 5w1s, the app's default steps, 2 workers <= 150 ms",
            "compare_workers.5w1s.gradient+protonet defaults", 150.0),
-    Target("second-order MAML meta-step (32 x 5w1s, 1 query/class) <= 300 ms", "meta.maml (issue).ms", 300.0),
-    Target("... with <= 1 GB peak memory (the step's own)", "meta.maml (issue).step_peak_mb", 1024.0),
+    Budget("second-order MAML meta-step (32 x 5w1s, 1 query/class) <= 300 ms", "meta.maml (1 inner step).ms", 300.0),
+    Budget("... with <= 1 GB peak memory (the step's own)", "meta.maml (1 inner step).step_peak_mb", 1024.0),
 )
 
 
@@ -231,7 +232,6 @@ def shipped_test_steps(models: Path, learners: dict[str, Learner]) -> dict[str, 
     """Per learner, the inner steps its shipped checkpoint in ``models`` adapts with by default (the
     app's default; None without an inner loop), else the fresh learner's own default."""
     from engine.checkpoint import build_learner as learner_from_metadata
-    from engine.compare import effective_settings
 
     steps: dict[str, int | None] = {}
     for name, learner in learners.items():
@@ -239,7 +239,7 @@ def shipped_test_steps(models: Path, learners: dict[str, Learner]) -> dict[str, 
             learner = learner_from_metadata(read_metadata(models / name / "model"))
         except (CheckpointError, OSError, TypeError, KeyError, ValueError):
             pass  # no readable checkpoint: the fresh learner's default
-        steps[name] = effective_settings(learner, None)[0]
+        steps[name] = learner.resolve_settings(None).steps
     return steps
 
 
@@ -286,8 +286,8 @@ def bench_adaptation(learners: dict[str, Learner], failed: dict[str, str], shape
     return list(rows.values())
 
 
-def target_set(learners: dict[str, Learner]) -> list[str]:
-    """The issue's target set: the gradient-based algorithms (those with an inner loop) plus ProtoNet."""
+def gradient_and_protonet(learners: dict[str, Learner]) -> list[str]:
+    """The gradient-based algorithms (those with an inner loop) plus ProtoNet: the set the comparison budgets time."""
     return [name for name, learner in learners.items() if learner.has_inner_loop or name == "protonet"]
 
 
@@ -295,12 +295,12 @@ def bench_compare(learners: dict[str, Learner], shapes: Sequence[str], repeats: 
                   device: torch.device, own_steps: dict[str, int | None], workers: int = 1) -> list[dict[str, Any]]:
     """``engine.compare.compare`` on one task with ``workers`` at once (the app runs one per core:
     ``workers=2`` on 2 cores with one PyTorch thread each), for every algorithm and, timed in turn
-    with it, for the gradient-based algorithms plus ProtoNet alone (the issue's target set), each
+    with it, for the gradient-based algorithms plus ProtoNet alone (``gradient_and_protonet``), each
     with ``ADAPT_STEPS`` inner steps; and that set once more as the app runs it by default, with
     ``own_steps`` (each shipped checkpoint's test-time steps, ``subset_defaults``)."""
     from engine.compare import compare
 
-    subset = target_set(learners)
+    subset = gradient_and_protonet(learners)
     own_settings = {name: AdaptSettings(steps=own_steps.get(name)) for name in subset}
     rows = []
     for shape in shapes:
@@ -411,7 +411,7 @@ def probe_memory(probe: dict[str, Any], backbone: BackboneConfig, device: torch.
                  threads: int) -> dict[str, Any]:
     """Runs ``probe`` on ``backbone`` in a fresh interpreter and returns its peak memory figures."""
     probe = {**probe, "backbone": dataclasses.asdict(backbone)}
-    command = [sys.executable, "-m", "engine.bench", "--memory-probe", json.dumps(probe), "--device", str(device),
+    command = [sys.executable, "-m", "benchmarks.bench", "--memory-probe", json.dumps(probe), "--device", str(device),
                "--threads", str(threads)]
     if not _ALLOCATOR_TUNED:
         command.append("--system-malloc")
@@ -430,7 +430,7 @@ def run_memory_probe(probe: dict[str, Any], device: torch.device) -> dict[str, f
     backbone = BackboneConfig(**probe["backbone"])
     tasks = meta_batch(spec, device)
     if probe.get("peer"):
-        from engine.peers import available_peers, module_from_params
+        from benchmarks.peers import available_peers, module_from_params
 
         peer = next(p for p in available_peers() if p.name == probe["peer"])
         if peer.meta_step is None:
@@ -467,7 +467,7 @@ def run_memory_probe(probe: dict[str, Any], device: torch.device) -> dict[str, f
 def bench_peers(backbone: BackboneConfig, repeats: int, warmup: int, device: torch.device, memory: bool,
                 threads: int) -> dict[str, Any]:
     """Ours vs each peer on the same weights and the same tasks, interleaved call by call."""
-    from engine.peers import available_peers, module_from_params
+    from benchmarks.peers import available_peers, module_from_params
 
     peers = available_peers()
     learner = build_learner("maml", backbone, device)
@@ -570,8 +570,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def target_values(run: dict[str, Any]) -> dict[str, float | None]:
-    """The figures the targets refer to, by key (None when not measured)."""
+def budget_values(run: dict[str, Any]) -> dict[str, float | None]:
+    """The figures the budgets refer to, by key (None when not measured)."""
     values: dict[str, float | None] = {}
     for row in run.get("adaptation", []):
         for shape in SHAPES:
@@ -594,13 +594,13 @@ def target_values(run: dict[str, Any]) -> dict[str, float | None]:
     return values
 
 
-def check_targets(run: dict[str, Any]) -> list[dict[str, Any]]:
-    values = target_values(run)
+def check_budgets(run: dict[str, Any]) -> list[dict[str, Any]]:
+    values = budget_values(run)
     checks = []
-    for target in TARGETS:
-        value = values.get(target.key)
-        met = None if value is None else (value >= target.limit if target.at_least else value <= target.limit)
-        checks.append({"target": target.description, "value": value, "met": met})
+    for budget in BUDGETS:
+        value = values.get(budget.key)
+        met = None if value is None else (value >= budget.limit if budget.at_least else value <= budget.limit)
+        checks.append({"budget": budget.description, "value": value, "met": met})
     return checks
 
 
@@ -683,10 +683,10 @@ def print_run(run: dict[str, Any], shapes: Sequence[str]) -> None:
         for peer in peers["peers"]:
             if peer["unavailable"]:
                 print(f"| {peer['name']} | unavailable: {peer['unavailable']} | | | | | |")
-    print("\nTargets\n")
-    for check in run["targets"]:
+    print("\nBudgets\n")
+    for check in run["budgets"]:
         state = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
-        print(f"- {check['target']}: {fmt(check['value'])} -> {state}")
+        print(f"- {check['budget']}: {fmt(check['value'])} -> {state}")
 
 
 def run_all(args: argparse.Namespace, threads: int, device: torch.device, backbones: dict[str, BackboneConfig],
@@ -710,12 +710,12 @@ def run_all(args: argparse.Namespace, threads: int, device: torch.device, backbo
     if not args.skip_peers:
         print(f"[{threads} thread(s)] peers...", file=sys.stderr, flush=True)
         run["peers"] = bench_peers(backbones["maml"], args.repeats, args.warmup, device, memory, threads)
-    run["targets"] = check_targets(run)
+    run["budgets"] = check_budgets(run)
     return run
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m engine.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per figure (median reported)")
@@ -770,7 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(VmHWM) of the process, and its peak during two steps over the RSS before them; CUDA: "
         "max_memory_allocated"}, "runs": []}
     env = report["environment"]
-    print(f"engine.bench: {env['date']}, {env['cpu']} ({env['cores']} cores), device {env['device']}, "
+    print(f"benchmarks.bench: {env['date']}, {env['cpu']} ({env['cores']} cores), device {env['device']}, "
           f"torch {env['torch']}, Python {env['python']}, load average {env['load_average'][0]:.2f}")
     print(f"  allocator: {env['allocator']}; fused kernels in channels-last layout from "
           f"{env['channels_last_from_images'] or 'no'} images on")

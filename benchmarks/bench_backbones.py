@@ -1,6 +1,6 @@
 """Measure the two Conv-4 downsampling choices side by side: stride-2 convs vs 2x2 max-pool.
 
-    python -m engine.bench_backbones [--train-steps 300] [--data-dir DIR]
+    python -m benchmarks.bench_backbones [--train-steps 300] [--data-dir DIR]
 
 Prints, for each, the time of a second-order MAML meta-step (32 tasks, 5-way 1-shot, 1 query per
 class, 1 inner step), of a 10-step 5-way 1-shot adaptation with 20 queries, and, with Omniglot
@@ -49,7 +49,7 @@ def random_tasks(count: int, ways: int, shots: int, queries: int) -> list:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.bench_backbones", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_backbones", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-steps", type=int, default=300, help="ProtoNet episodes per backbone (0: skip)")
     parser.add_argument("--repeats", type=int, default=5)

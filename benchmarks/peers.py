@@ -16,7 +16,7 @@ through the network once. In the meta-step the peers' query pass sees only the q
 also runs the support set, whose statistics normalise the queries: more work for ours), and the
 peers meta-learn the zero-initialised head too.
 
-learn2learn and higher are optional (``bash engine/bench_peers.sh`` installs them into
+learn2learn and higher are optional (``bash benchmarks/bench_peers.sh`` installs them into
 ``.venv-bench``); :func:`available_peers` says why one is missing. learn2learn's own
 ``__init__`` imports torchvision, which fails beside torch 2.13, so only
 ``learn2learn.algorithms.maml`` (and the ``learn2learn.utils`` it uses) are loaded, under stub
@@ -121,7 +121,7 @@ def load_learn2learn_maml() -> types.ModuleType:
     """``learn2learn.algorithms.maml`` without running ``learn2learn/__init__.py`` (torchvision)."""
     spec = importlib.util.find_spec("learn2learn")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("learn2learn is not installed (bash engine/bench_peers.sh installs it into .venv-bench)")
+        raise ImportError("learn2learn is not installed (bash benchmarks/bench_peers.sh installs it into .venv-bench)")
     root = list(spec.submodule_search_locations)[0]
     for name, path in (("learn2learn", root), ("learn2learn.algorithms", f"{root}/algorithms")):
         if name not in sys.modules:
@@ -223,7 +223,7 @@ def available_peers() -> list[Peer]:
     except Exception as error:  # noqa: BLE001
         reason = f"{type(error).__name__}: {error}"
         if isinstance(error, ModuleNotFoundError):
-            reason = "higher is not installed (bash engine/bench_peers.sh installs it into .venv-bench)"
+            reason = "higher is not installed (bash benchmarks/bench_peers.sh installs it into .venv-bench)"
         peers.append(Peer("higher", _version("higher"), None, None, reason))
     return peers
 
