@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from engine import distributed, train
-from engine.checkpoint import load_tensors, read_metadata, read_tensor_metadata
+from engine.checkpoint import load_tensors, read_metadata, read_tensor_metadata, save_tensors
 from engine.data.loader import StepBatches, shard, step_batches
 from engine.data.omniglot import CharacterSet, load_splits
 from engine.data.tasks import Task
@@ -84,6 +84,7 @@ def test_the_global_batch_is_the_same_for_any_number_of_processes_and_workers(ch
     alone = list(step_batches(StepBatches(learner, chars, config), 0, 4, workers=0))
     assert [batch.step for batch in alone] == [0, 1, 2, 3]
     assert len({batch.tasks[0].class_names for batch in alone}) == 4  # a new batch each step
+    assert len({task.class_names for task in alone[0].tasks}) == 5  # of different tasks
     for batch in alone:
         assert len({task.ways for task in batch.tasks}) == 1
     assert len({batch.tasks[0].ways for batch in alone}) > 1  # the ways are drawn, per step
@@ -132,6 +133,25 @@ def test_a_resumed_run_takes_its_annealed_learning_rate_from_the_step_it_stopped
     final, expected = load_tensors(paused / "last.safetensors"), load_tensors(straight / "last.safetensors")
     for name in expected:
         assert torch.equal(final[name], expected[name]), name
+
+
+def test_a_state_saved_by_the_former_sampler_resumes_with_a_note(tiny_omniglot: Path, isolated_cache: Path,
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Before tasks were keyed by step, resume.safetensors held the state of one task generator. Such a
+    run still resumes (weights, optimizer, step) and says that its later tasks differ from the former
+    trainer's."""
+    run = tmp_path / "run"
+    assert train.main([*reptile_run(run, tiny_omniglot, 2), "--workers", "0"]) == 0
+    path = run / "resume.safetensors"
+    state = json.loads(read_tensor_metadata(path)["state"])
+    del state["sampling"]
+    state["rng"] = {"bit_generator": "PCG64", "state": {"state": 1, "inc": 1}, "has_uint32": 0, "uinteger": 0}
+    save_tensors(path, load_tensors(path), metadata={"state": json.dumps(state)})
+    capsys.readouterr()
+    assert train.main([*reptile_run(run, tiny_omniglot, 4), "--workers", "0", "--resume"]) == 0
+    assert "saved by the former task sampler; from step 2 on" in capsys.readouterr().err
+    assert read_metadata(run / "last")["meta_step"] == 4
 
 
 # ------------------------------------------------------------------------------------ torchrun on loopback
