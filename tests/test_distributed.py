@@ -192,7 +192,7 @@ def maml_run(out: Path, data_dir: Path, steps: int) -> list[str]:
 def test_two_processes_end_where_one_process_does(tiny_omniglot: Path, isolated_cache: Path, tmp_path: Path) -> None:
     """MAML over 2 processes (each drawing its share in a DataLoader worker) against 1 process drawing the
     same global batches in the training process: the same weights to float tolerance, one curve written
-    by rank 0 only, with the whole batch's metrics."""
+    by rank 0 only, with the whole batch's metrics; and the same again after both resume in 1 process."""
     one, two = tmp_path / "one", tmp_path / "two"
     assert train.main([*maml_run(one, tiny_omniglot, 4), "--workers", "0"]) == 0
     done = subprocess.run(torchrun([*maml_run(two, tiny_omniglot, 4), "--workers", "1"]), env=launch_env(),
@@ -206,6 +206,11 @@ def test_two_processes_end_where_one_process_does(tiny_omniglot: Path, isolated_
             assert json.loads(ours)[key] == pytest.approx(json.loads(theirs)[key], rel=1e-5)
     assert read_metadata(two / "last")["pieces"][0]["processes"] == 2
     assert done.stdout.count("done: 4 meta-steps") == 1  # rank 0 reports; rank 1 stays quiet
+    # The saved state is the same for any number of processes: the 2-process run carries on in 1.
+    for run in (one, two):
+        assert train.main([*maml_run(run, tiny_omniglot, 6), "--resume"]) == 0
+    assert_close_weights(two, one)
+    assert [piece["processes"] for piece in read_metadata(two / "last")["pieces"]] == [2, 1]
 
 
 def process_of_rank(launcher: int, rank: int) -> int:
