@@ -2,11 +2,14 @@
 
     python -m engine.train --algorithm maml --out runs/maml --meta-steps 10000
     python -m engine.train --algorithm maml --out runs/maml --resume     # after an interruption
+    torchrun --nproc_per_node 2 -m engine.train --algorithm maml ...    # over 2 processes (docs/training-distributed.md)
 
 Writes into ``--out``: ``model.*`` (best validation accuracy: the checkpoint to ship; the latest validated
 step under ``--split-scheme background``, which trains on the validation characters too),
 ``resume.safetensors`` (latest state, all that ``--resume`` reads; ``last.*`` and ``resume.json`` are
 readable copies of it), and ``curve.jsonl`` (the learning curve).
+Each step's tasks are drawn ahead of it by ``--workers`` DataLoader processes, from streams keyed by the seed,
+the step and the task (engine.data.loader): the same tasks whatever the number of workers or processes.
 Validation uses a fixed set of tasks from the validation split (the held-out background alphabets, or the
 character split's validation characters), never the test split.
 """
@@ -22,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -30,11 +32,13 @@ from engine.checkpoint import (
     CheckpointError, load_learner, load_tensors, read_json, read_metadata, read_tensor_metadata, save_learner,
     save_tensors, write_json,
 )
+from engine import distributed
 from engine.config import LEGACY_TRAIN_SETTINGS, TrainConfig
-from engine.data.augment import augment_task
+from engine.data.loader import SAMPLING, StepBatches, step_batches
 from engine.data.omniglot import VALIDATION_SOURCES, DatasetNotFoundError, Splits, load_splits
-from engine.data.tasks import fixed_tasks
-from engine.device import describe_device, keep_freed_memory, resolve_device
+from engine.data.tasks import Task, fixed_tasks
+from engine.device import describe_device, keep_freed_memory
+from engine.distributed import Ranks
 from engine.evaluate import score, task_accuracies
 from engine.learners import LEARNERS, Learner, get_learner_class
 from engine.nets import BackboneConfig
@@ -43,6 +47,9 @@ from engine.provenance import dataset_fingerprint, git_commit
 
 
 VALIDATION_SEED = 2017  # the same validation tasks for every run, so curves are comparable
+# Sampling processes per training process: one keeps a batch ready while the step computes, without
+# taking a core from a machine's other training processes.
+DEFAULT_WORKERS = 1
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, Any],
@@ -91,6 +98,9 @@ def build_parser(algorithm: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop cleanly (state saved, resumable) after this much training time in this piece")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="DataLoader processes drawing tasks ahead of each training process (0: it draws them "
+                             "itself); results do not depend on it")
     learner_cls = LEARNERS.get(algorithm or "")
     add_dataclass_arguments(parser, TrainConfig, learner_cls.train_defaults if learner_cls else {}, "training")
     if learner_cls is not None:
@@ -113,29 +123,41 @@ def pick(namespace: argparse.Namespace, cls: type) -> Any:
 
 
 class Trainer:
-    """The meta-training loop shared by every algorithm: sample tasks, ``meta_loss``, backward, step."""
+    """The meta-training loop shared by every algorithm: sample tasks, ``meta_loss``, backward, step.
+
+    In a distributed run (``ranks``) every process runs this loop on its share of each batch's tasks
+    and the gradients are summed across processes before the step (engine.distributed); rank 0 alone
+    validates, logs and saves.
+    """
 
     def __init__(self, learner: Learner, config: TrainConfig, splits: Splits, out: Path, device: torch.device,
-                 provenance: dict[str, Any], progress: bool = True) -> None:
+                 provenance: dict[str, Any], progress: bool = True, ranks: Ranks | None = None,
+                 workers: int = DEFAULT_WORKERS) -> None:
+        self.ranks = ranks if ranks is not None else Ranks(device=device)
+        if workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {workers}")
+        self.workers = workers
+        # Raises ValueError, before any training, when the batch cannot give every process a share.
+        self.dataset = StepBatches(learner, splits.train, config, self.ranks.rank, self.ranks.world_size)
         self.learner = learner.to(device)
         self.config = config
         self.splits = splits
         self.out = out
         self.device = device
         self.provenance = provenance
-        self.progress = progress
+        self.progress = progress and self.ranks.is_main
         self.optimizer = learner.meta_optimizer()
         final = learner.config.meta_lr_final
         ratio = 1.0 if final is None else final / learner.config.meta_lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 1.0 + (ratio - 1.0) * min(step / max(config.meta_steps, 1), 1.0))
-        self.rng = np.random.default_rng(config.seed)
         self.step = 0
         self.model_val = -1.0  # validation accuracy of the checkpoint in model.*
         self.train_seconds = 0.0
         self.pieces: list[dict[str, Any]] = []
-        self.val_tasks = [t.to(device) for t in fixed_tasks(
-            splits.val, config.val_ways, config.val_shots, config.val_queries, config.val_tasks, VALIDATION_SEED)]
+        self.val_tasks: list[Task] = [t.to(device) for t in fixed_tasks(
+            splits.val, config.val_ways, config.val_shots, config.val_queries, config.val_tasks, VALIDATION_SEED)
+        ] if self.ranks.is_main else []  # only rank 0 validates
 
     # -- persistence ----------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
@@ -157,7 +179,7 @@ class Trainer:
                         for key, value in state.items()})
         state = {"step": self.step, "best_val": self.model_val, "train_seconds": self.train_seconds,
                  "pieces": self.pieces, "param_groups": optimizer_state["param_groups"],
-                 "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
+                 "scheduler": self.scheduler.state_dict(), "sampling": SAMPLING,
                  "train": dataclasses.asdict(self.config)}
         save_learner(self.out / "last", self.learner, self.metadata())
         save_tensors(self.out / "resume.safetensors", tensors, metadata={"state": json.dumps(state)})
@@ -178,18 +200,51 @@ class Trainer:
         if params.keys() != self.learner.params.keys():
             raise CheckpointError(f"{path} does not hold this run's parameters")
         self.learner.params = {name: params[name].requires_grad_(True) for name in self.learner.params}
-        self.optimizer = self.learner.meta_optimizer()
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in optimizer_tensors.items():
             index, name = key.split(".", 1)
             per_param.setdefault(int(index), {})[name] = value
-        self.optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.scheduler.lr_lambdas[0])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.rng.bit_generator.state = state["rng"]
+        self.load_optimizer({"state": per_param, "param_groups": state["param_groups"]}, state["scheduler"])
         self.step, self.model_val = state["step"], state["best_val"]
         self.train_seconds, self.pieces = state["train_seconds"], state["pieces"]
+        if state.get("sampling") != SAMPLING:
+            # The former trainer drew every task from one generator, whose state is all it saved.
+            print(f"note: {path} was saved by the former task sampler; from step {self.step} on this run draws its "
+                  f"tasks {SAMPLING} (the same distribution, other tasks than an uninterrupted run would have had)",
+                  file=sys.stderr)
         self.truncate_curve()
+
+    def load_optimizer(self, optimizer_state: dict[str, Any], scheduler_state: dict[str, Any]) -> None:
+        """A new meta-optimizer and schedule for the current parameters, in the saved states. The schedule
+        is built first: building it sets the learning rate to its step-0 value, which the optimizer's
+        state then replaces with the saved step's (the other way round, the first step after a resume
+        took the step-0 rate of an annealed schedule)."""
+        self.optimizer = self.learner.meta_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.scheduler.lr_lambdas[0])
+        self.optimizer.load_state_dict(optimizer_state)  # moves the state onto the parameters' device
+        self.scheduler.load_state_dict(scheduler_state)
+
+    def shared_state(self) -> dict[str, Any]:
+        """What every process must hold alike: the weights, the optimizer's and scheduler's state, the step."""
+        return distributed.cpu_copy({
+            "params": self.learner.params, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "step": self.step, "best_val": self.model_val,
+            "train_seconds": self.train_seconds, "pieces": self.pieces})
+
+    def adopt_state(self, state: dict[str, Any]) -> None:
+        device = self.learner.device
+        self.learner.params = {name: value.to(device).requires_grad_(True) for name, value in state["params"].items()}
+        self.load_optimizer(state["optimizer"], state["scheduler"])
+        self.step, self.model_val = state["step"], state["best_val"]
+        self.train_seconds, self.pieces = state["train_seconds"], state["pieces"]
+
+    def synchronize(self) -> None:
+        """Give every process rank 0's state (a fresh run's initial weights, or the state it resumed), as
+        DistributedDataParallel does at its start. Nothing to do in a single process."""
+        if self.ranks.distributed:
+            state = self.ranks.broadcast(self.shared_state() if self.ranks.is_main else None)
+            if not self.ranks.is_main:
+                self.adopt_state(state)
 
     def truncate_curve(self) -> None:
         """Drop curve records written after the restored state (a killed run logs past its last save)."""
@@ -214,92 +269,134 @@ class Trainer:
     def validate(self) -> float:
         return score(task_accuracies(self.learner, self.val_tasks)).accuracy
 
-    def train_step(self) -> tuple[float, float]:
-        c = self.config
-        tasks = [augment_task(task, self.rng, c.augment).to(self.device)
-                 for task in self.learner.training_batch(self.splits.train, c, self.rng)]
+    def train_step(self, tasks: list[Task], items: int) -> tuple[float, float]:
+        """One meta-step on this process's ``tasks`` of a batch of ``items``; returns the whole batch's
+        query loss and accuracy."""
+        tasks = [task.to(self.device) for task in tasks]
         self.optimizer.zero_grad(set_to_none=True)
         result = self.learner.meta_loss(tasks)
-        result.loss.backward()
+        # meta_loss is a mean over this share: weighted by the share's size, the sum over processes is
+        # the mean over the whole batch (exactly 1 in a single process).
+        share = len(tasks) / items
+        (result.loss if share == 1.0 else result.loss * share).backward()
+        loss, accuracy = self.ranks.sum_gradients(list(self.learner.params.values()),
+                                                  [result.query_loss * share, result.query_accuracy * share])
         self.optimizer.step()
         self.scheduler.step()
-        return result.query_loss, result.query_accuracy
+        return loss, accuracy
 
     def run(self, max_minutes: float | None = None) -> float:
         """Train until ``meta_steps`` (or ``max_minutes`` of this piece); the state is saved either way."""
         c = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        piece = {"hardware": describe_device(self.device), "start_step": self.step, "seconds": 0.0,
-                 "commit": self.provenance.get("git_commit")}
+        main = self.ranks.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        piece = {"hardware": describe_device(self.device), "processes": self.ranks.world_size,
+                 "start_step": self.step, "seconds": 0.0, "commit": self.provenance.get("git_commit")}
         self.pieces.append(piece)
         last_save = time.monotonic()
         piece_seconds = 0.0
         bar = tqdm(total=c.meta_steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
         val_accuracy = float("nan")
-        while self.step < c.meta_steps:
-            if max_minutes is not None and piece_seconds >= 60 * max_minutes:
-                break
-            started = time.perf_counter()
-            loss, query_accuracy = self.train_step()
-            self.step += 1
-            elapsed = time.perf_counter() - started
-            self.train_seconds += elapsed
-            piece_seconds += elapsed
-            piece["seconds"] = round(piece_seconds, 1)  # rounded for the record only: steps can be < 0.05 s
-            piece["end_step"] = self.step
-            record: dict[str, Any] = {"step": self.step, "seconds": round(self.train_seconds, 2), "loss": loss,
-                                      "query_accuracy": query_accuracy}
-            if self.step % c.val_every == 0 or self.step == c.meta_steps:
-                val_accuracy = self.validate()
-                record["val_accuracy"] = val_accuracy
-                # Validation characters that training also sees cannot select a checkpoint: keep the latest.
-                if val_accuracy > self.model_val or not self.splits.val_held_out:
-                    self.model_val = val_accuracy
-                    save_learner(self.out / "model", self.learner, self.metadata())
-                if not self.progress:
-                    print(f"step {self.step}: loss {loss:.4f}, query acc {query_accuracy:.3f}, "
-                          f"val acc {val_accuracy:.4f} (checkpoint's {self.model_val:.4f})", flush=True)
-            self.log(record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{query_accuracy:.3f}", val=f"{val_accuracy:.3f}")
-            if "val_accuracy" in record or time.monotonic() - last_save > 60 * c.checkpoint_minutes:
-                self.save_state()
-                last_save = time.monotonic()
+        batches = step_batches(self.dataset, self.step, c.meta_steps, self.workers)
+        try:
+            while self.step < c.meta_steps:
+                # Every process must leave at the same step: rank 0's clock decides.
+                if max_minutes is not None and self.ranks.agree(piece_seconds >= 60 * max_minutes):
+                    break
+                started = time.perf_counter()
+                batch = next(batches)  # waiting for it counts as training time
+                loss, query_accuracy = self.train_step(batch.tasks, batch.items)
+                self.step += 1
+                elapsed = time.perf_counter() - started
+                self.train_seconds += elapsed
+                piece_seconds += elapsed
+                piece["seconds"] = round(piece_seconds, 1)  # rounded for the record only: steps can be < 0.05 s
+                piece["end_step"] = self.step
+                if not main:
+                    continue
+                record: dict[str, Any] = {"step": self.step, "seconds": round(self.train_seconds, 2),
+                                          "loss": loss, "query_accuracy": query_accuracy}
+                if self.step % c.val_every == 0 or self.step == c.meta_steps:
+                    val_accuracy = self.validate()
+                    record["val_accuracy"] = val_accuracy
+                    # Validation characters that training also sees cannot select a checkpoint: keep the latest.
+                    if val_accuracy > self.model_val or not self.splits.val_held_out:
+                        self.model_val = val_accuracy
+                        save_learner(self.out / "model", self.learner, self.metadata())
+                    if not self.progress:
+                        print(f"step {self.step}: loss {loss:.4f}, query acc {query_accuracy:.3f}, "
+                              f"val acc {val_accuracy:.4f} (checkpoint's {self.model_val:.4f})", flush=True)
+                self.log(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{query_accuracy:.3f}", val=f"{val_accuracy:.3f}")
+                if "val_accuracy" in record or time.monotonic() - last_save > 60 * c.checkpoint_minutes:
+                    self.save_state()
+                    last_save = time.monotonic()
+        finally:
+            del batches  # the last reference to the iterator: its worker processes stop now, even on an error
         bar.close()
-        self.save_state()
+        if main:
+            self.save_state()
         return self.model_val
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    learner_cls = get_learner_class(args.algorithm)
-    config = pick(args, TrainConfig)
-    device = resolve_device(args.device)
-    keep_freed_memory()
-    torch.manual_seed(config.seed)
-    data_dir = resolve_data_dir(args.data_dir)
+    try:
+        ranks = distributed.start(args.device)  # one process unless torchrun started this one
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        return run_training(args, ranks)
+    finally:
+        distributed.stop(ranks)
+
+
+def read_run(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+    """The metadata of the run ``--resume`` continues (empty for a fresh run), or why there is none to
+    continue or to start (an error for the command line)."""
     out: Path = args.out
-    metadata: dict[str, Any] = {}
     if args.resume:
         try:
             metadata = read_metadata(out / "last")
         except CheckpointError as error:
-            print(f"error: nothing to resume in {out}: {error}", file=sys.stderr)
-            return 2
+            return {}, f"nothing to resume in {out}: {error}"
         if metadata["algorithm"] != args.algorithm:
-            print(f"error: {out} holds a {metadata['algorithm']} run, not {args.algorithm}", file=sys.stderr)
-            return 2
+            return {}, f"{out} holds a {metadata['algorithm']} run, not {args.algorithm}"
+        return metadata, None
+    if (out / "resume.json").exists():
+        return {}, f"{out} already holds a run; pass --resume to continue it or choose another --out"
+    return {}, None
+
+
+def run_training(args: argparse.Namespace, ranks: Ranks) -> int:
+    """The run ``args`` describe, as process ``ranks.rank``: rank 0 reads and writes ``--out`` and tells the
+    others what it found, so only its machine needs the folder."""
+
+    def fail(message: str) -> int:
+        if ranks.is_main:
+            print(f"error: {message}", file=sys.stderr)
+        return 2
+
+    learner_cls = get_learner_class(args.algorithm)
+    config = pick(args, TrainConfig)
+    device = ranks.device
+    keep_freed_memory()
+    torch.manual_seed(config.seed)
+    data_dir = resolve_data_dir(args.data_dir)
+    out: Path = args.out
+    metadata, error = ranks.broadcast(read_run(args) if ranks.is_main else ({}, None))
+    if error is not None:
+        return fail(error)
+    if args.resume:
         # The run's own settings win over the command line, except how long to train.
         config = TrainConfig(**{**LEGACY_TRAIN_SETTINGS, **metadata["train"], "meta_steps": config.meta_steps})
-    elif (out / "resume.json").exists():
-        print(f"error: {out} already holds a run; pass --resume to continue it or choose another --out",
-              file=sys.stderr)
-        return 2
     try:
         splits = load_splits(data_dir, scheme=config.split_scheme, pipeline=config.pipeline)  # the run's own
     except (DatasetNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error))
     if args.resume:
         learner = learner_cls(config=learner_cls.config_class(**metadata["config"]),
                               backbone=BackboneConfig(**metadata["backbone"]))
@@ -311,15 +408,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                               seed=config.seed)
     provenance = {"git_commit": git_commit(), "dataset": dataset_fingerprint(data_dir),
                   "torch": torch.__version__}
-    trainer = Trainer(learner, config, splits, out, device, provenance, progress=not args.no_progress)
+    items = learner.batch_items(config)
+    if items < ranks.world_size:
+        return fail(f"{learner_cls.batch_items_flag} {items}: each step's {items} {learner_cls.name} items are split "
+                    f"across the {ranks.world_size} processes, at least one each; pass {learner_cls.batch_items_flag} "
+                    f"{ranks.world_size} or more, or start fewer processes")
+    try:
+        trainer = Trainer(learner, config, splits, out, device, provenance, progress=not args.no_progress,
+                          ranks=ranks, workers=args.workers)
+    except ValueError as error:
+        return fail(str(error))
     if args.resume:
+        restored: str | None = None
         try:
-            trainer.restore_state()
-        except CheckpointError as error:  # killed before its first complete save
-            print(f"error: nothing to resume in {out}: {error}", file=sys.stderr)
-            return 2
+            if ranks.is_main:
+                trainer.restore_state()
+        except CheckpointError as failure:  # killed before its first complete save
+            restored = f"nothing to resume in {out}: {failure}"
+        restored = ranks.broadcast(restored)
+        if restored is not None:
+            return fail(restored)
+    trainer.synchronize()
     model_val = trainer.run(args.max_minutes)
-    print(f"{'done' if trainer.step >= config.meta_steps else 'paused'}: {trainer.step} meta-steps, checkpoint's validation accuracy {model_val:.4f}; checkpoint {out / 'model.safetensors'}")
+    if ranks.is_main:
+        print(f"{'done' if trainer.step >= config.meta_steps else 'paused'}: {trainer.step} meta-steps, "
+              f"checkpoint's validation accuracy {model_val:.4f}; checkpoint {out / 'model.safetensors'}")
     return 0
 
 

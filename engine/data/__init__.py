@@ -1,7 +1,8 @@
 """Omniglot data: loading, few-shot task sampling, user-image preprocessing, download.
 
 Submodules: :mod:`~engine.data.omniglot` (loader + cache), :mod:`~engine.data.tasks`
-(episode sampling), :mod:`~engine.data.preprocess` (user images -> 28x28),
+(episode sampling), :mod:`~engine.data.loader` (meta-training batches keyed by step, drawn in
+DataLoader workers, split across processes), :mod:`~engine.data.preprocess` (user images -> 28x28),
 :mod:`~engine.data.download` (official release); ``python -m engine.data`` is the CLI.
 """
 

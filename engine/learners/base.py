@@ -214,16 +214,31 @@ class Learner(ABC):
         number of classes of a global classifier head); the result is what checkpoints save."""
         return config
 
-    def training_batch(self, chars: "CharacterSet", train: TrainConfig, rng: np.random.Generator) -> list["Task"]:
-        """One meta-step's batch for ``meta_loss``, drawn with the trainer's ``rng`` (saved for
-        ``--resume``). Default: ``meta_batch`` tasks of ``training_ways``-way ``shots``-shot."""
+    def training_batch(self, chars: "CharacterSet", train: "TrainConfig", rng: np.random.Generator) -> list["Task"]:
+        """One meta-step's batch for ``meta_loss``, all drawn from ``rng``: ``training_ways`` once, then
+        ``batch_items`` items in turn. (The trainer draws the same parts from streams keyed by step and
+        item instead, so that processes can each draw their share: ``engine.data.loader``.)"""
         ways = self.training_ways(train, rng)
-        return [sample_task(chars, ways, train.shots, train.queries, rng, rotations=train.rotations)
-                for _ in range(train.meta_batch)]
+        return [self.training_item(chars, train, ways, rng) for _ in range(self.batch_items(train))]
 
-    def training_ways(self, train: TrainConfig, rng: np.random.Generator) -> int:
-        """The number of classes of one meta-step's tasks (default: always ``--ways``)."""
+    def batch_items(self, train: "TrainConfig") -> int:
+        """How many items (tasks, for most learners) one step's batch holds (default: ``meta_batch``).
+
+        ``meta_loss`` must be the mean of independent per-item terms, so that a distributed run can split
+        a batch across processes and recover the whole batch's gradient (``engine.distributed``)."""
+        return train.meta_batch
+
+    # The command-line flag that sets ``batch_items``, for messages.
+    batch_items_flag: ClassVar[str] = "--meta-batch"
+
+    def training_ways(self, train: "TrainConfig", rng: np.random.Generator) -> int:
+        """The number of classes of one meta-step's tasks, drawn once a step (default: always ``--ways``)."""
         return train.ways
+
+    def training_item(self, chars: "CharacterSet", train: "TrainConfig", ways: int,
+                      rng: np.random.Generator) -> "Task":
+        """One item of a step's batch, drawn from ``rng`` (default: a ``ways``-way ``shots``-shot task)."""
+        return sample_task(chars, ways, train.shots, train.queries, rng, rotations=train.rotations)
 
     # -- the algorithm -----------------------------------------------------------------------
     @abstractmethod

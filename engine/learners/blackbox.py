@@ -259,23 +259,21 @@ class BlackBox(Learner):
     def slot_tensor(self, slots: Sequence[int]) -> Tensor:
         return torch.tensor(list(slots), dtype=torch.long, device=self.device)
 
-    def training_batch(self, chars: "CharacterSet", train: TrainConfig, rng: np.random.Generator) -> list[Task]:
-        """``meta_batch`` episodes of random shape, each with a random assignment of label slots."""
+    def training_item(self, chars: "CharacterSet", train: "TrainConfig", ways: int,
+                      rng: np.random.Generator) -> Task:
+        """An episode of random shape (its own number of ways and shots; ``ways`` is the most) with a
+        random assignment of label slots."""
         low_ways, low_shots = self.config.min_train_ways, self.config.min_train_shots
         if not 1 <= low_ways <= train.ways <= MAX_WAYS:
             raise ValueError(f"blackbox trains on min_train_ways ({low_ways}) to --ways ({train.ways}) classes, "
                              f"which must lie in 1..{MAX_WAYS}")
         if not 1 <= low_shots <= train.shots:
             raise ValueError(f"min_train_shots ({low_shots}) must lie in 1..--shots ({train.shots})")
-        batch: list[Task] = []
-        for _ in range(train.meta_batch):
-            ways = int(rng.integers(low_ways, train.ways + 1))
-            shots = int(rng.integers(low_shots, train.shots + 1))
-            task = sample_task(chars, ways, shots, train.queries, rng, rotations=train.rotations)
-            slots = tuple(int(s) for s in rng.permutation(MAX_WAYS)[:ways])
-            batch.append(SlottedTask(**{f.name: getattr(task, f.name) for f in dataclasses.fields(Task)},
-                                     slots=slots))
-        return batch
+        ways = int(rng.integers(low_ways, train.ways + 1))
+        shots = int(rng.integers(low_shots, train.shots + 1))
+        task = sample_task(chars, ways, shots, train.queries, rng, rotations=train.rotations)
+        slots = tuple(int(s) for s in rng.permutation(MAX_WAYS)[:ways])
+        return SlottedTask(**{f.name: getattr(task, f.name) for f in dataclasses.fields(Task)}, slots=slots)
 
     def episode_logits(self, params: Params, task: Task) -> Tensor:
         """Query logits of one episode, differentiable w.r.t. ``params``."""

@@ -58,7 +58,10 @@ class PretrainConfig(GradientConfig):
     at adaptation."""
 
     num_classes: int = OMNIGLOT_TRAIN_CLASSES
-    batch_size: int = 128  # images per training step
+    batch_size: int = 128  # images per labelled batch
+    # Labelled batches per training step, each with its own batch-norm statistics, the loss their mean:
+    # the items a distributed run splits across processes (one each is ordinary data-parallel training).
+    batches: int = 1
     finetune: str = "head"  # default at adaptation: "head" or "all"
     backbone_lr_scale: float = 0.1  # the backbone's step relative to the head's with "all"
     # Fitting the fresh head only part of the way is what works: on a 64-channel checkpoint (5,000
@@ -68,8 +71,9 @@ class PretrainConfig(GradientConfig):
     def __post_init__(self) -> None:  # fail at the command line, not at the first validation
         if self.finetune not in FINETUNE_MODES:
             raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
-        if self.num_classes < 1 or self.batch_size < 1 or self.backbone_lr_scale < 0:
-            raise ValueError("pretrain needs num_classes >= 1, batch_size >= 1 and backbone_lr_scale >= 0")
+        if self.num_classes < 1 or self.batch_size < 1 or self.batches < 1 or self.backbone_lr_scale < 0:
+            raise ValueError("pretrain needs num_classes >= 1, batch_size >= 1, batches >= 1 and "
+                             "backbone_lr_scale >= 0")
 
 
 def class_count(chars: "CharacterSet", rotations: bool) -> int:
@@ -142,12 +146,22 @@ class Pretrain(GradientLearner):
         return {**super().init_params(generator), **head}
 
     # -- training: ordinary classification ---------------------------------------------------
-    def training_batch(self, chars: "CharacterSet", train: TrainConfig, rng: np.random.Generator) -> list[Task]:
+    batch_items_flag = "--batches"
+
+    def batch_items(self, train: "TrainConfig") -> int:
+        return self.config.batches
+
+    def training_ways(self, train: "TrainConfig", rng: np.random.Generator) -> int:
+        return train.ways  # no episodes: nothing to draw
+
+    def training_item(self, chars: "CharacterSet", train: "TrainConfig", ways: int,
+                      rng: np.random.Generator) -> Task:
+        """A batch of ``batch_size`` images with global labels (``ways`` is unused)."""
         classes = class_count(chars, train.rotations)
         if classes != self.config.num_classes:
             raise ValueError(f"pretrain's head has {self.config.num_classes} outputs but the training data has "
                              f"{classes} classes (rotations={train.rotations}); start a new run on this data")
-        return [labelled_batch(chars, self.config.batch_size, rng, train.rotations)]
+        return labelled_batch(chars, self.config.batch_size, rng, train.rotations)
 
     def meta_loss(self, tasks: Sequence[Task]) -> MetaLoss:
         """Cross-entropy of the global classifier on every image of each batch (support and query
