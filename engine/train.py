@@ -181,8 +181,12 @@ class Trainer:
                  "pieces": self.pieces, "param_groups": optimizer_state["param_groups"],
                  "scheduler": self.scheduler.state_dict(), "sampling": SAMPLING,
                  "train": dataclasses.asdict(self.config)}
-        save_learner(self.out / "last", self.learner, self.metadata())
-        save_tensors(self.out / "resume.safetensors", tensors, metadata={"state": json.dumps(state)})
+        metadata = self.metadata()
+        save_learner(self.out / "last", self.learner, metadata)
+        # The run's metadata too, so that this one file is all a resumed run needs (the file a run still in
+        # progress commits).
+        save_tensors(self.out / "resume.safetensors", tensors,
+                     metadata={"state": json.dumps(state), "run": json.dumps({**self.learner.describe(), **metadata})})
         write_json(self.out / "resume.json", state)
 
     def restore_state(self) -> None:
@@ -354,19 +358,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.stop(ranks)
 
 
+def resumed_metadata(out: Path) -> dict[str, Any]:
+    """The metadata of the run in ``out``: from ``resume.safetensors`` when it holds it (so that file alone
+    resumes a run), else from ``last.json`` (states saved before it did)."""
+    state = out / "resume.safetensors"
+    if state.exists():
+        run = read_tensor_metadata(state).get("run")
+        if run is not None:
+            return json.loads(run)
+    return read_metadata(out / "last")
+
+
 def read_run(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
     """The metadata of the run ``--resume`` continues (empty for a fresh run), or why there is none to
     continue or to start (an error for the command line)."""
     out: Path = args.out
     if args.resume:
         try:
-            metadata = read_metadata(out / "last")
+            metadata = resumed_metadata(out)
         except CheckpointError as error:
             return {}, f"nothing to resume in {out}: {error}"
         if metadata["algorithm"] != args.algorithm:
             return {}, f"{out} holds a {metadata['algorithm']} run, not {args.algorithm}"
         return metadata, None
-    if (out / "resume.json").exists():
+    if (out / "resume.safetensors").exists() or (out / "resume.json").exists():
         return {}, f"{out} already holds a run; pass --resume to continue it or choose another --out"
     return {}, None
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from app.images import example_from_bytes
 from engine import evaluate, train
-from engine.checkpoint import read_metadata
+from engine.checkpoint import load_tensors, read_metadata, read_tensor_metadata, save_tensors
 from engine.compare import as_images
 from engine.data.augment import augment_images, augment_task
 from engine.data.frames import omniglot_to_28, to_uint8
@@ -139,6 +139,9 @@ def test_a_run_saved_before_the_pipeline_setting_resumes_as_it_trained(tiny_omni
         metadata = json.loads(path.read_text())
         del metadata["train"]["pipeline"], metadata["train"]["augment"]
         path.write_text(json.dumps(metadata))
+    state = out / "resume.safetensors"  # whose header then held no copy of the metadata
+    header = read_tensor_metadata(state)
+    save_tensors(state, load_tensors(state, "cpu"), metadata={"state": header["state"]})
     assert train.main(["--data-dir", str(tiny_omniglot), "--out", str(out), *SMALL_PROTONET[:-3],
                        "--meta-steps", "6", "--no-progress", "--resume"]) == 0
     resumed = read_metadata(out / "last")
@@ -175,3 +178,16 @@ def test_evaluate_within_alphabet(tiny_omniglot: Path, isolated_cache: Path, tmp
     # The tiny evaluation split's alphabets hold 2 and 3 characters: 4-way within one alphabet is impossible.
     assert evaluate.main([*args[:2], "--ways", "4", *args[4:]]) == 2
     assert "within-alphabet tasks need an alphabet of 4 characters" in capsys.readouterr().err
+
+
+def test_resume_safetensors_alone_resumes_a_run(tiny_omniglot: Path, isolated_cache: Path, tmp_path: Path) -> None:
+    """The one file a run still in progress commits is enough to continue it on a fresh checkout."""
+    out = tmp_path / "run"
+    assert train.main(["--data-dir", str(tiny_omniglot), "--out", str(out), *SMALL_PROTONET, "--augment", "0.5"]) == 0
+    for path in out.iterdir():
+        if path.name != "resume.safetensors":
+            path.unlink()
+    assert train.main(["--data-dir", str(tiny_omniglot), "--out", str(out), *SMALL_PROTONET[:-3],
+                       "--meta-steps", "6", "--no-progress", "--resume"]) == 0
+    resumed = read_metadata(out / "last")
+    assert resumed["meta_step"] == 6 and resumed["train"]["augment"] == 0.5  # the run's own settings

@@ -372,9 +372,13 @@ def test_train_sh_trains_into_runs_and_resumes_there(tmp_path: Path) -> None:
 
     assert "--algorithm maml --out runs/maml " in command("maml") and "--resume" not in command("maml")
     (tmp_path / "mc2-2steps").mkdir()
-    (tmp_path / "mc2-2steps" / "resume.json").write_text("{}")
+    (tmp_path / "mc2-2steps" / "resume.safetensors").write_bytes(b"state")  # the one file a run commits
     resumed = command("mc2-2steps", RUNS=str(tmp_path))
     assert f"--algorithm mc2 --out {tmp_path}/mc2-2steps " in resumed and "--resume" in resumed
+    # ALGORITHM-canonical: the shipped configuration, validated on 20-way 1-shot tasks, into its own folder.
+    canonical = command("protonet-canonical")
+    assert "--algorithm protonet --out runs/protonet-canonical --ways 60 " in canonical
+    assert canonical.index("--val-tasks 200") < canonical.index("--val-ways 20 --val-tasks 100")
 
 
 def test_a_run_on_the_canonical_pipeline_is_evaluated_on_it_and_compared_in_its_section(
