@@ -48,7 +48,7 @@ def keep_freed_memory(mmap_threshold_mb: int = 32, trim_threshold_mb: int = 512)
     Every inner step allocates and frees the same few activation buffers (100 KB to a few MB). By
     default glibc serves each from a fresh ``mmap`` or trims the heap after it is freed, so the next
     step faults every page in again, which is slow on this project's virtual machines (``python -m
-    benchmarks.bench`` against ``--system-malloc``: README, Performance). Allocations under
+    benchmarks.bench`` against ``--system-malloc``: docs/performance.md). Allocations under
     ``mmap_threshold_mb`` (glibc's maximum, 32) come from the heap, and up to ``trim_threshold_mb``
     of free heap is kept. Process-wide and idempotent; returns False where it does not apply (not
     glibc), which changes nothing else.

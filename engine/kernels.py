@@ -42,7 +42,7 @@ LayerStats = tuple[Tensor, Tensor]
 # Batches of at least this many images run layers 1-3 in channels-last layout, whose oneDNN
 # convolutions are faster for these shapes. In an ad-hoc A/B of single support passes the two
 # layouts were about equal at 5 images and channels-last 9-16% faster from 10 on; the benchmark's
-# --no-channels-last measures the whole effect (README, Performance).
+# --no-channels-last measures the whole effect (docs/performance.md).
 CHANNELS_LAST_MIN_IMAGES = 8
 
 

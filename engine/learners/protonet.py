@@ -52,8 +52,8 @@ class ProtoNet(Learner):
             figures={(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9}, must_match=True),
         notes="trains and ships on the paper's max-pooling Conv-4 (`--downsample maxpool` in models/train.sh), "
               "which convolves at 4x the resolution of the stride-2 Conv-4 the other algorithms use: ProtoNet "
-              "adapts with one forward pass, so the app pays that only once per task (its row in the README's "
-              "Performance tables). The stride-2 run it replaced, on the same 20k-episode schedule (2.3 h on "
+              "adapts with one forward pass, so the app pays that only once per task (its row in "
+              "docs/performance.md's tables). The stride-2 run it replaced, on the same 20k-episode schedule (2.3 h on "
               "one thread), scored 97.44 / 99.43 / 92.58 / 98.05 (`git show 5bfeb0e:models/RESULTS.md`). It is "
               "now within 1 point at 5-way 1-shot and 2 at 20-way 1-shot, but does not yet meet the paper's "
               "figures, as its target asks. Still unlike the paper: queries are normalised with the support "
