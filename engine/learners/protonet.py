@@ -15,7 +15,8 @@ from torch import Tensor
 
 from engine import kernels
 from engine.learners.base import (
-    AdaptSettings, Adapted, Learner, MetaLoss, StepRecord, Stopwatch, accuracy, query_meta_loss, register_learner,
+    AdaptSettings, Adapted, Learner, MetaLoss, StepRecord, Stopwatch, accuracy, non_finite_warning, query_meta_loss,
+    register_learner,
 )
 from engine.nets import Params, embed
 
@@ -75,4 +76,5 @@ class ProtoNet(Learner):
             features = embed(params, torch.cat([support_x, query_x]), backbone, stats_count=num_support)
             return prototype_logits(features[num_support:], protos)
 
-        return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, adapt_ms=watch.ms())
+        return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, adapt_ms=watch.ms(),
+                       warning=non_finite_warning(trace))
