@@ -7,7 +7,8 @@ calls it for every comparison, and a benchmark can call it to time exactly what 
   support example, labels out of range, images of the wrong shape); those are the user's task, not
   an algorithm's fault.
 * Each algorithm then runs in isolation: an exception in one becomes that algorithm's ``error`` and
-  the others still run. A diverging inner loop is reported as the learner's ``warning``.
+  the others still run. A diverging inner loop is reported as the learner's ``warning``, with
+  ``diverged`` set (``AlgorithmResult.status``: "diverged").
 * Learners are only read (``Learner.adapt`` never writes meta-parameters), so one loaded model can
   serve many users at once.
 
@@ -59,6 +60,8 @@ class AlgorithmResult:
     optimizer: str | None = None
     has_inner_loop: bool = True
     warning: str | None = None
+    # The inner loop diverged or the predictions blew up (``warning`` says how): not to be trusted.
+    diverged: bool = False
     error: str | None = None
     # Notes from the inner loop for the user (e.g. an optimizer falling back to a gradient step),
     # taken from ``Adapted.notes`` when the learner provides them.
@@ -71,6 +74,15 @@ class AlgorithmResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def status(self) -> str:
+        """One word for a results table: "failed", "diverged", "warning" or "ok"."""
+        if self.error is not None:
+            return "failed"
+        if self.diverged:
+            return "diverged"
+        return "warning" if self.warning else "ok"
 
     @property
     def final_loss(self) -> float | None:
@@ -221,7 +233,7 @@ def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, w
         adapted = learner.adapt(sx, sy, ways, settings if learner.has_inner_loop else None)
         result.adapt_ms = float(adapted.adapt_ms) if adapted.adapt_ms else (time.perf_counter() - start) * 1000.0
         result.trace = list(adapted.trace)
-        result.warning = adapted.warning
+        result.warning, result.diverged = adapted.warning, bool(adapted.diverged)
         result.notes = [str(note) for note in (getattr(adapted, "notes", None) or [])]
         if query_x.shape[0]:
             start = time.perf_counter()
@@ -235,6 +247,7 @@ def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, w
             if not torch.isfinite(probabilities).all():
                 note = "Its predictions are not finite numbers (NaN/inf): the adapted weights blew up."
                 result.warning = f"{result.warning} {note}" if result.warning else note
+                result.diverged = True
                 probabilities = torch.nan_to_num(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
             result.probabilities = probabilities.numpy()
             result.predictions = probabilities.argmax(dim=1).numpy().astype(np.int64)

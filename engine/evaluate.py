@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inner-lr", type=float, default=None, help="test-time inner learning rate")
     parser.add_argument("--optimizer", default=None,
                         help="inner-loop optimizer (default: the one the checkpoint was meta-trained with)")
+    parser.add_argument("--undo-rising-steps", choices=["on", "off"], default="on",
+                        help="take back an inner step that raises the support loss and halve the step size (on: the "
+                             "app's default) or run the plain inner loop, as the papers do (off)")
     parser.add_argument("--finetune", default=None,
                         help="which weights adaptation changes, for learners that offer a choice (pretrain: head "
                              "or all; default: the checkpoint's)")
@@ -112,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {learner.name} cannot fine-tune {args.finetune!r} (choices: {choices})", file=sys.stderr)
         return 2
     settings = AdaptSettings(steps=args.inner_steps, lr=args.inner_lr, optimizer=args.optimizer,
-                             finetune=args.finetune)
+                             finetune=args.finetune, undo_rising_steps=args.undo_rising_steps == "on")
     # A generator, not a list: 600 tasks of 20-way 5-shot would hold ~1 GB of images at once.
     stream = alphabet_task_stream if args.within_alphabet else task_stream
     try:
@@ -136,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "optimizer": optimizer,
                    "transductive": args.transductive, "finetune": args.finetune, "split": args.split,
                    "split_scheme": args.split_scheme, "within_alphabet": args.within_alphabet,
-                   "pipeline": args.pipeline,
+                   "pipeline": args.pipeline, "undo_rising_steps": args.undo_rising_steps == "on",
                    "seed": args.seed, "checkpoint": str(args.checkpoint)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

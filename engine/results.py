@@ -9,7 +9,8 @@ Shipped runs are ``<models>/<algorithm>/model.*`` (the app loads them); training
 checkpoint into ``<models>/<algorithm>/``. Candidate runs stay in ``runs/``. For every shipped or candidate run
 and every setting (5-way 1-shot, 5-way 5-shot, 20-way 1-shot, 20-way 5-shot, and 20-way 1-shot with every class
 from one alphabet) it runs ``python -m engine.evaluate`` on ``--tasks`` evaluation-split tasks, on the image
-pipeline the checkpoint was trained on, and stores the JSON in ``<models>/eval/<run>/``
+pipeline the checkpoint was trained on, with the papers' plain inner loop (``--undo-rising-steps off``), and
+stores the JSON in ``<models>/eval/<run>/``
 (``<run>``: the algorithm's name for a shipped run), keyed by the checkpoint's SHA-256, so a rerun only
 evaluates checkpoints that changed. What the table reads from a run folder (training time and hardware,
 steps trained, the validation curve, the configuration) goes into ``<models>/eval/<run>/run.json`` whenever
@@ -323,6 +324,8 @@ def describes(stored: dict[str, Any] | None, sha: str, settings: tuple[int, str 
         return False
     if pipeline is not None and stored.get("pipeline", LEGACY_TRAIN_SETTINGS["pipeline"]) != pipeline:
         return False
+    if stored.get("undo_rising_steps", False):  # the table is the papers' plain inner loop
+        return False
     if bool(stored.get("transductive", False)) != transductive:
         return False
     steps, optimizer = settings
@@ -353,7 +356,8 @@ def evaluate_checkpoint(models: Path, run: Run, setting: Setting, tasks: int,
     checkpoint = run.checkpoint
     argv = ["--checkpoint", str(checkpoint), "--ways", str(setting.ways), "--shots", str(setting.shots),
             "--tasks", str(tasks), "--seed", str(EVAL_SEED), *(["--transductive"] if transductive else []),
-            *(["--within-alphabet"] if setting.within_alphabet else []), "--pipeline", pipeline]
+            *(["--within-alphabet"] if setting.within_alphabet else []), "--pipeline", pipeline,
+            "--undo-rising-steps", "off"]
     shown = [shown_path(checkpoint) if a == str(checkpoint) else a for a in argv]
     if data_dir is not None:
         argv += ["--data-dir", data_dir]

@@ -405,6 +405,7 @@ def test_a_run_on_the_canonical_pipeline_is_evaluated_on_it_and_compared_in_its_
     [run] = results.candidate_runs(models, runs)
     within = results.evaluate_checkpoint(models, run, results.WITHIN_ALPHABET, 7, None, "cpu")
     assert calls[-1][calls[-1].index("--pipeline") + 1] == "canonical" and "--within-alphabet" in calls[-1]
+    assert calls[-1][calls[-1].index("--undo-rising-steps") + 1] == "off"  # the papers' plain inner loop
     assert within["accuracy"] == 0.8 and results.evaluation_path(models, "anything", results.WITHIN_ALPHABET).exists()
     across = results.evaluate_checkpoint(models, run, results.Setting(20, 1), 7, None, "cpu")
     assert across["accuracy"] == 0.93 and len(calls) == 2  # the legacy-pipeline evaluation did not describe it

@@ -14,6 +14,7 @@ A learner holds meta-parameters and offers two things:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -60,6 +61,9 @@ class AdaptSettings:
     # Which weights adaptation may change, for learners that offer a choice (``finetune_modes``,
     # e.g. pretrain's "head" or "all"); None: the learner's own default. Others ignore it.
     finetune: str | None = None
+    # Take back an inner step that raises the support loss (and halve the step size after it), so
+    # a step size too large for a task cannot blow the weights up mid-loop; False: every step stands.
+    undo_rising_steps: bool = True
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class ResolvedSettings:
     optimizer: str | None = None
     # Which weights adaptation changes, for learners with a choice (``finetune_modes``); else None.
     finetune: str | None = None
+    # Whether a step that raises the support loss is taken back (None without an inner loop).
+    undo_rising_steps: bool | None = None
 
     def summary(self) -> tuple[int | None, float | str | None, str | None]:
         """(steps, lr, optimizer), as the app and reports show them."""
@@ -101,11 +107,16 @@ class Adapted:
     ways: int
     trace: list[StepRecord]
     predict_logits: Callable[[Tensor, bool], Tensor]
-    # Set when the inner loop stopped early because its loss stopped being finite.
+    # Why the result should not be trusted, for the user: set when the inner loop diverged (then
+    # ``diverged``) or the outputs are not finite numbers.
     warning: str | None = None
     adapt_ms: float = 0.0
-    # What the inner-loop optimizer reported (e.g. a Newton step that fell back to a gradient step).
+    # What the inner loop reported (e.g. a Newton step that fell back to a gradient step, or steps
+    # taken back because they raised the loss): information, not a failure.
     notes: list[str] = dataclasses.field(default_factory=list)
+    # The inner loop diverged (non-finite or rising loss, no step lowering it, or saturated
+    # probabilities after a blown-up step); ``warning`` says how.
+    diverged: bool = False
 
     @torch.no_grad()
     def predict_proba(self, query_x: Tensor, transductive: bool = False) -> Tensor:
@@ -296,6 +307,14 @@ class Stopwatch:
         return (time.perf_counter() - self.start) * 1000.0
 
 
+def non_finite_warning(trace: Sequence[StepRecord]) -> str | None:
+    """For learners without an inner loop (nothing can diverge): a warning when the support set's
+    loss is not a finite number, i.e. the network's outputs are not."""
+    if all(math.isfinite(record.loss) for record in trace):
+        return None
+    return "Its outputs on the support set are not finite numbers (NaN/inf): the model cannot be trusted here."
+
+
 def accuracy(logits: Tensor, labels: Tensor) -> float:
     return (logits.argmax(dim=-1) == labels).float().mean().item()
 
@@ -314,6 +333,7 @@ def mean_metrics(losses: list[Tensor], accuracies: list[float]) -> tuple[float, 
 
 __all__ = [
     "About", "AdaptSettings", "Adapted", "LEARNERS", "Learner", "LearnerConfig", "MetaLoss", "PaperReference",
-    "ResolvedSettings", "StepRecord", "Stopwatch", "accuracy", "get_learner_class", "mean_metrics", "query_meta_loss",
+    "ResolvedSettings", "StepRecord", "Stopwatch", "accuracy", "get_learner_class", "mean_metrics", "non_finite_warning",
+    "query_meta_loss",
     "register_learner",
 ]

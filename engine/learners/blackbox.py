@@ -52,6 +52,7 @@ from engine.config import TrainConfig
 from engine.data.tasks import Task, sample_task
 from engine.learners.base import (
     About, AdaptSettings, Adapted, Learner, LearnerConfig, MetaLoss, PaperReference, StepRecord, Stopwatch, accuracy,
+    non_finite_warning,
     query_meta_loss, register_learner,
 )
 from engine.nets import BackboneConfig, Params, embed
@@ -305,4 +306,5 @@ class BlackBox(Learner):
             _, query_features = features(params, support_x, query_x, backbone, transductive)
             return answer(params, query_features, memory, classes)
 
-        return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, adapt_ms=watch.ms())
+        return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, adapt_ms=watch.ms(),
+                       warning=non_finite_warning(trace))

@@ -27,8 +27,17 @@ from engine.optim import INNER_OPTIMIZERS, InnerOptimizer, InnerProblem, Learnin
 # they shape the inner loop but are not adapted by it.
 META_PREFIX = "meta."
 
-# A final support loss this many times the initial one counts as divergence worth a warning.
-DIVERGENCE_FACTOR = 4.0
+# A support loss this many times the initial one, at any step, counts as divergence.
+DIVERGENCE_FACTOR = 2.0
+# Support logits further apart than this (within one image) mean saturated probabilities: past ~88
+# exp(-gap) underflows in float32, so another class's probability is exactly 0. Only a blown-up step
+# gets there (lr 1000: gaps of 10^4 and more); the shipped checkpoints' default adaptations were
+# measured under 45 on 200 5-way 5-shot Omniglot and digit tasks each (tests/test_divergence.py
+# checks they never reach this).
+SATURATED_LOGIT_GAP = 100.0
+# Each step the undo guard takes back halves the step size; this many halvings (the step size cut to
+# 1/32 of the one asked for) say that the step size asked for diverges.
+DIVERGED_HALVINGS = 5
 
 
 @dataclass
@@ -101,6 +110,39 @@ def divergence_warning(trace: list[StepRecord]) -> str | None:
             f"{peak.step} (final {trace[-1].loss:.3g}). Lower the learning rate.")
 
 
+def logit_gap(logits: Tensor) -> float:
+    """The largest gap between two classes' logits for one image: how saturated the probabilities are."""
+    if logits.numel() == 0:
+        return 0.0
+    return float((logits.max(dim=-1).values - logits.min(dim=-1).values).max())
+
+
+def saturation_warning(gap: float) -> str | None:
+    """A warning when the adapted weights' support logits are saturated (``SATURATED_LOGIT_GAP``)."""
+    if gap <= SATURATED_LOGIT_GAP:
+        return None
+    return (f"The inner loop diverged: a step blew the weights up, so the probabilities are saturated (logits "
+            f"{gap:.3g} apart) and the confidences mean nothing. Lower the learning rate.")
+
+
+def stalled_warning(trace: list[StepRecord]) -> str | None:
+    """A warning when steps were taken but none lowered the support loss (every one overshot and was
+    refused, by a line search or the undo guard)."""
+    if len(trace) < 2 or trace[-1].loss < trace[0].loss:
+        return None
+    return (f"The inner loop diverged: none of its {trace[-1].step} steps lowered the support loss (each one "
+            "overshot and was refused), so the weights are where they started. Lower the learning rate.")
+
+
+def scaled(lr: LearningRate, factor: float) -> LearningRate:
+    """``lr`` times ``factor``, per entry for per-weight rates."""
+    if factor == 1.0:
+        return lr
+    if isinstance(lr, dict):
+        return {name: rate * factor for name, rate in lr.items()}
+    return lr * factor
+
+
 class GradientLearner(Learner):
     """Base for learners that adapt by gradient steps from meta-learned weights plus a zero head."""
 
@@ -162,7 +204,7 @@ class GradientLearner(Learner):
             step_sizes = {name: rate.detach() for name, rate in step_sizes.items()}
         return ResolvedSettings(steps=self.default_test_steps() if settings.steps is None else settings.steps,
                                 lr=lr, step_sizes=step_sizes, optimizer=settings.optimizer or self.default_optimizer(),
-                                finetune=self.finetune_mode(settings))
+                                finetune=self.finetune_mode(settings), undo_rising_steps=settings.undo_rising_steps)
 
     def gradient_transform(self, meta_params: Params) -> GradientTransform | None:
         """A meta-learned map applied to every inner-loop gradient (None: the gradient as it is)."""
@@ -185,6 +227,15 @@ class GradientLearner(Learner):
         return self.initial_weights({k: v.requires_grad_(True) for k, v in self.detached_params().items()}, ways)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:
+        """``steps`` optimizer steps on the support loss from the meta-learned weights and a zero head.
+
+        With ``undo_rising_steps`` (the default) a step that raises the support loss (or makes it
+        non-finite) is taken back and the step size halved for the steps after it, so the loop keeps
+        the best weights it found; ``Adapted.notes`` says how often. Divergence is reported in
+        ``Adapted.warning`` (and ``diverged``): a non-finite or rising loss (without the guard), no
+        step lowering the loss, probabilities saturated by a blown-up step, or the guard having to cut
+        the step size ``DIVERGED_HALVINGS`` times.
+        """
         resolved = self.resolve_settings(settings)
         steps, lr, optimizer_name = resolved.steps, resolved.step_sizes, resolved.optimizer
         assert steps is not None and lr is not None and optimizer_name is not None
@@ -195,31 +246,52 @@ class GradientLearner(Learner):
         warning: str | None = None
         frozen = frozen_entries(lr, optimizer_name, transform)
         frozen_backbone = kernels.FrozenBackbone() if frozen else None
+        halvings = 0  # steps the guard took back
         with torch.enable_grad():
             fast = self.detached_start(ways)
             problem = self.inner_problem(support_x, support_y, fast)
-            kept, kept_stats = fast, None
+            kept: Params = fast
+            kept_pass: kernels.SupportPass | None = None
+            kept_loss = math.inf
             for step in range(steps + 1):
                 # The last evaluation is only for the trace: no gradient.
                 evaluation = optimizer.reuse(fast) or problem.evaluate(
                     fast, with_grads=step < steps, frozen=frozen, frozen_backbone=frozen_backbone)
                 loss_value = evaluation.loss.item()
-                if not math.isfinite(loss_value):
+                rose = not math.isfinite(loss_value) or loss_value > kept_loss
+                if rose and kept_pass is not None and resolved.undo_rising_steps:
+                    # Back to the weights before this step; smaller steps from here on.
+                    halvings += 1
+                    fast, evaluation, loss_value = kept, kept_pass, kept_loss
+                elif not math.isfinite(loss_value):
                     warning = (f"The inner loop diverged at step {step} (loss is {loss_value}); predictions use "
                                f"the weights after step {step - 1}. Lower the learning rate or the number of steps.")
                     break
-                kept, kept_stats = fast, evaluation.stats
+                kept, kept_pass, kept_loss = fast, evaluation, loss_value
                 trace.append(StepRecord(step, loss_value, accuracy(evaluation.logits, support_y), watch.ms()))
                 if step == steps:
                     break
                 grads = evaluation.gradient()
                 if transform is not None:
                     grads = transform(grads)
-                fast = optimizer.step(fast, grads, evaluation.loss.detach(), lr, problem)
+                fast = optimizer.step(fast, grads, evaluation.loss.detach(), scaled(lr, 0.5 ** halvings), problem)
                 fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
+        notes = list(optimizer.messages)
+        if halvings:
+            notes.append(f"{halvings} step{'s' if halvings > 1 else ''} raised the support loss and "
+                         f"{'were' if halvings > 1 else 'was'} taken back, halving the step size each time "
+                         f"(to 1/{2 ** halvings} of the one set).")
         if warning is None:
             warning = divergence_warning(trace)
+        if warning is None and kept_pass is not None:
+            warning = saturation_warning(logit_gap(kept_pass.logits.detach()))
+        if warning is None and halvings >= DIVERGED_HALVINGS:
+            warning = (f"The inner loop diverged at this step size: {halvings} steps raised the support loss and "
+                       f"were taken back (the step size cut to 1/{2 ** halvings}). Lower the learning rate.")
+        if warning is None:
+            warning = stalled_warning(trace)
         final = {k: v.detach() for k, v in kept.items()}
+        kept_stats = kept_pass.stats if kept_pass is not None else None
         backbone = self.backbone
         num_support = support_x.shape[0]
 
@@ -231,4 +303,4 @@ class GradientLearner(Learner):
             return classify(final, torch.cat([support_x, query_x]), backbone, stats_count=num_support)[num_support:]
 
         return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, warning=warning, adapt_ms=watch.ms(),
-                       notes=list(optimizer.messages))
+                       notes=notes, diverged=warning is not None)

@@ -16,7 +16,7 @@ from torch import Tensor
 from engine import kernels
 from engine.learners.base import (
     About, AdaptSettings, Adapted, Learner, MetaLoss, PaperReference, StepRecord, Stopwatch, accuracy,
-    query_meta_loss, register_learner,
+    non_finite_warning, query_meta_loss, register_learner,
 )
 from engine.nets import Params, embed
 
@@ -98,4 +98,5 @@ class ProtoNet(Learner):
             features = embed(params, torch.cat([support_x, query_x]), backbone, stats_count=num_support)
             return prototype_logits(features[num_support:], protos)
 
-        return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, adapt_ms=watch.ms())
+        return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, adapt_ms=watch.ms(),
+                       warning=non_finite_warning(trace))
