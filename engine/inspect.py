@@ -450,14 +450,15 @@ def occlusion(model: InspectedModel, image: Tensor, target: int | None = None, p
     ``target``'s probability (default: the predicted class), averaged per pixel over the patches
     that cover it: [28, 28], positive where the ink mattered. All occluded copies in one batch."""
     image = image.reshape(1, 1, 28, 28).to(model.device, torch.float32)
-    target, logits = target_class(model, image, target)
-    base = float(torch.softmax(logits, dim=-1)[0, target])
+    target, _ = target_class(model, image, target)
     corners = [(row, col) for row in range(0, 28 - patch + 1, stride) for col in range(0, 28 - patch + 1, stride)]
-    batch = image.repeat(len(corners), 1, 1, 1)
-    for index, (row, col) in enumerate(corners):
+    # The image itself first, in the same batch: its occluded copies are compared with the same arithmetic.
+    batch = image.repeat(len(corners) + 1, 1, 1, 1)
+    for index, (row, col) in enumerate(corners, start=1):
         batch[index, :, row:row + patch, col:col + patch] = 0.0
     with torch.no_grad():
-        drops = base - torch.softmax(model.logits(batch), dim=-1)[:, target].to("cpu", torch.float64).numpy()
+        probabilities = torch.softmax(model.logits(batch), dim=-1)[:, target].to("cpu", torch.float64).numpy()
+    drops = probabilities[0] - probabilities[1:]
     total, covered = np.zeros((28, 28)), np.zeros((28, 28))
     for drop, (row, col) in zip(drops, corners):
         total[row:row + patch, col:col + patch] += drop
