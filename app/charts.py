@@ -26,13 +26,14 @@ PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#e
            "#bab0ac"]
 
 
-def to_spec(chart: alt.TopLevelMixin) -> dict:
+def to_spec(chart: alt.TopLevelMixin, validate: bool = True) -> dict:
     """The chart's Vega-Lite spec (validated once), without Altair's default 300x300 view size.
 
     The app compiles each chart once per comparison and re-renders the spec with
     ``st.vega_lite_chart``: re-validating every chart on every rerun costs more than the maths.
+    ``validate=False`` for another frame of a chart already validated (the playback's steps).
     """
-    spec = chart.to_dict()
+    spec = chart.to_dict(validate=validate)
     view = spec.get("config", {}).get("view", {})
     view.pop("continuousWidth", None)
     view.pop("continuousHeight", None)

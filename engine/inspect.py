@@ -119,15 +119,6 @@ class Inspection:
         """The last step of the trace (0 for learners without an inner loop)."""
         return self.trace[-1].step if self.trace else 0
 
-    def at_step(self, step: int) -> int:
-        """The index into ``trace`` shown at inner step ``step``: that step, or the last one there is
-        (a learner without an inner loop, or one that took fewer steps, stays at its last)."""
-        shown = 0
-        for index, record in enumerate(self.trace):
-            if record.step <= step:
-                shown = index
-        return shown
-
 
 # --------------------------------------------------------------------------- recording the inner loop
 

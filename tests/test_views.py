@@ -79,7 +79,6 @@ def test_the_last_step_is_what_the_comparison_predicted(name: str) -> None:
                                    atol=1e-5)
     if not learner.has_inner_loop:
         assert found.method == "single step" and len(found.step_probabilities) == 1
-        assert found.at_step(7) == 0
 
 
 def test_without_a_matching_log_the_steps_are_re_run(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,6 +251,8 @@ def test_views_are_closed_by_default_and_open_on_demand(models_dir: Path) -> Non
     steps = max(r.trace[-1].step for r in record.results)
     assert slider.max == steps and slider.value == steps
     assert len(charts_of(at)) == closed + 2  # the loss and the probabilities at that step
+    # It opens on the last step, which the comparison gave: nothing adapted again yet.
+    assert "inspections" not in at.session_state["views_cache"][1]
     (loss, grid), = cached(at, "playback")
     values = rows(grid)
     by_cell = {(row["algorithm"], row["query"], row["class"]): row["probability"] for row in values}
@@ -261,6 +262,8 @@ def test_views_are_closed_by_default_and_open_on_demand(models_dir: Path) -> Non
                 assert by_cell[(result.name, f"Q{query + 1}", str(label + 1))] == pytest.approx(probability, abs=1e-5)
     slider.set_value(0)
     ran(at)
+    assert set(at.session_state["views_cache"][1]["inspections"]) == {r.name for r in record.results
+                                                                       if r.has_inner_loop}
     (_, first_grid), = cached(at, "playback", 0)
     start_values = rows(first_grid)
     uniform = [row["probability"] for row in start_values if row["algorithm"] == "maml"]
