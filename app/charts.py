@@ -217,7 +217,7 @@ def embedding_chart(frame: pd.DataFrame, panels: Sequence[str], class_names: Seq
         x=alt.X("pc1:Q", title=f"PC 1{share}", axis=alt.Axis(labels=False)),
         y=alt.Y("pc2:Q", title=f"PC 2{f' ({explained[1]:.0%})' if shared else ''}", axis=alt.Axis(labels=False)),
         color=alt.Color("class:N", scale=alt.Scale(domain=classes, scheme=CLASS_SCHEME),
-                        legend=alt.Legend(title=None, orient="top", columns=5, labelLimit=90)),
+                        legend=alt.Legend(title=None, orient="top", columns=4, labelLimit=90)),
         shape=alt.Shape("kind:N", scale=alt.Scale(domain=kinds, range=["circle", "diamond", "cross"]),
                         legend=alt.Legend(title=None, orient="top")),
         size=alt.Size("kind:N", scale=alt.Scale(domain=kinds, range=[70, 110, 260]), legend=None),
@@ -226,7 +226,7 @@ def embedding_chart(frame: pd.DataFrame, panels: Sequence[str], class_names: Seq
         # vega-tooltip draws a field named "image" as the image itself.
         tooltip=[alt.Tooltip("image:N"), alt.Tooltip("kind:N"), alt.Tooltip("class:N"), alt.Tooltip("note:N")],
     )
-    chart = alt.layer(points, data=frame).properties(width=260, height=240).facet(
+    chart = alt.layer(points, data=frame).properties(width=190, height=190).facet(
         column=alt.Column("panel:N", sort=list(panels), title=None, header=alt.Header(labelFontSize=11)),
         spacing=10)
     return chart if shared else chart.resolve_scale(x="independent", y="independent")

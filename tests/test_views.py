@@ -24,6 +24,8 @@ from engine.optim import InnerProblem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_app import ALL, fill_task, models_dir, start  # noqa: E402,F401  (models_dir: a fixture)
+from test_browser import SHAPES, browser, draw_and_add, expect, server  # noqa: E402,F401  (fixtures)
+from tools.browser import load, wait_idle  # noqa: E402
 
 WAYS, SHOTS, QUERIES = 3, 2, 4
 
@@ -339,3 +341,61 @@ def test_about_each_algorithm_beside_its_results(models_dir: Path) -> None:  # n
         assert about.update_rule in code
         assert about.summary in markdown
         assert about.paper is not None and about.paper.url in markdown
+
+
+# --------------------------------------------------------------------------- once in Chromium
+
+
+def vega_charts(page) -> int:  # noqa: ANN001
+    return page.locator("[data-testid=stVegaLiteChart]").count()
+
+
+def open_view(page, key: str) -> None:  # noqa: ANN001
+    page.locator(f".st-key-{key} label").first.click()
+    wait_idle(page)
+
+
+@pytest.mark.slow
+def test_each_view_opens_in_chromium(server: str, browser) -> None:  # noqa: ANN001, F811
+    page = browser()
+    load(page, server)
+    for index in range(5):  # the default 5-way 1-shot task
+        draw_and_add(page, f"class-{index}", SHAPES[index], expected_cards=1)
+    draw_and_add(page, "queries", SHAPES[0], expected_cards=1)
+    page.locator(".st-key-predictions table").wait_for()
+    wait_idle(page)
+
+    closed = vega_charts(page)
+    open_view(page, "view_playback")
+    expect(page.locator(".st-key-playback_step")).to_be_visible()
+    assert vega_charts(page) == closed + 2
+    page.locator(".st-key-playback_play button").first.click()  # steps through, ends on the last step
+    wait_idle(page)
+    assert vega_charts(page) == closed + 2
+
+    open_view(page, "view_embedding")
+    assert vega_charts(page) == closed + 3
+    chart = page.locator(".st-key-embedding-chart [data-testid=stVegaLiteChart]")
+    chart.scroll_into_view_if_needed()
+    box = chart.bounding_box()
+    assert box is not None
+    # Hover until a point's tooltip shows its image (vega-tooltip draws the "image" field as one).
+    found = False
+    for y in range(int(box["y"]) + 10, int(box["y"] + box["height"]) - 10, 6):
+        for x in range(int(box["x"]) + 10, int(box["x"] + box["width"]) - 10, 6):
+            page.mouse.move(x, y)
+            if page.locator("#vg-tooltip-element img").count():
+                found = True
+                break
+        if found:
+            break
+    assert found, "no point's tooltip showed an image"
+    assert page.locator("#vg-tooltip-element img").first.get_attribute("src").startswith("data:image/png")
+
+    open_view(page, "view_saliency")
+    assert vega_charts(page) == closed + 4
+    open_view(page, "view_export")
+    expect(page.get_by_role("button", name="Results table (CSV)")).to_be_visible()
+    expect(page.get_by_role("button", name="SVG")).to_be_visible()
+    assert not page.locator("[data-testid=stException]").count()
+    assert not page.get_by_text("This view failed").count()

@@ -25,6 +25,10 @@ def points_frame(context: ViewContext, embeddings: Embeddings, predictions: np.n
     if embeddings.changes:
         sides.append((embeddings.support_after, embeddings.query_after, embeddings.prototypes_after))
     for panel, projection, (support_rows, query_rows, prototype_rows) in zip(panels, projections, sides):
+        # Prototypes first, so they are drawn beneath (a 1-shot class's prototype is its one example).
+        for index, (x, y) in enumerate(projection(prototype_rows)):
+            rows.append({"panel": panel, "pc1": x, "pc2": y, "kind": "prototype", "class": classes[index],
+                         "image": "", "note": "class prototype (mean of its support points)"})
         for index, (x, y) in enumerate(projection(support_rows)):
             rows.append({"panel": panel, "pc1": x, "pc2": y, "kind": "support", "class": classes[int(support_y[index])],
                          "image": support[index].network_url, "note": f"support example {index + 1}"})
@@ -36,9 +40,6 @@ def points_frame(context: ViewContext, embeddings: Embeddings, predictions: np.n
             rows.append({"panel": panel, "pc1": x, "pc2": y, "kind": "query", "class": shown,
                          "image": context.record.queries[index].network_url,
                          "note": f"query {index + 1}, predicted {shown} ({truth})"})
-        for index, (x, y) in enumerate(projection(prototype_rows)):
-            rows.append({"panel": panel, "pc1": x, "pc2": y, "kind": "prototype", "class": classes[index],
-                         "image": "", "note": "class prototype (mean of its support points)"})
     shared = projections[0] is projections[1]
     return pd.DataFrame(rows), [float(v) for v in projections[0].explained], shared
 
@@ -76,7 +77,8 @@ def render_embedding(context: ViewContext) -> None:
         spec = charts.to_spec(charts.embedding_chart(frame, panels, context.class_names, explained, shared))
         context.cache[key] = (spec, shared)
     spec, shared = context.cache[key]
-    st.vega_lite_chart(spec, width="content")
+    with st.container(key="embedding-chart"):  # a CSS hook (the browser test finds the chart by it)
+        st.vega_lite_chart(spec, width="content")
     planes = ("One PCA per algorithm and task, fitted on the points of both panels, so they share axes." if shared
               else "The two embeddings differ in size, so each panel has its own PCA (fitted per task).")
     st.caption("Circles: support examples; diamonds: queries, coloured by the class predicted; crosses: class "
