@@ -181,13 +181,14 @@ def playback_loss_chart(traces: Sequence[tuple[str, Sequence[StepRecord]]], name
 
 
 def playback_probability_chart(frame: pd.DataFrame, panels: Sequence[str], ways: int,
-                               width: int = 480) -> alt.FacetChart:
-    """Per algorithm (a panel each) a grid of queries (rows) by classes (columns), shaded by the
-    probability at the chosen step; the true class of a labelled query is outlined."""
-    panel_width = int(max(70, min(220, (width - 60) / max(1, len(panels)) - 8)))
+                               columns: int = 3) -> alt.FacetChart:
+    """Per algorithm (a panel each, ``columns`` to a row) a grid of queries (rows) by classes
+    (columns), shaded by the probability at the chosen step; the true class of a labelled query is
+    outlined in green."""
+    panel_width = int(max(90, min(200, 16 * ways)))
     cell = alt.Chart().encode(
         x=alt.X("class:N", sort=alt.SortField("order"), title=None,
-                axis=alt.Axis(labelAngle=0, labelLimit=40, labelFontSize=10)),
+                axis=alt.Axis(labelAngle=0, labelLimit=40, labelFontSize=9)),
         y=alt.Y("query:N", sort=alt.SortField("query order"), title=None))
     rects = cell.mark_rect().encode(
         color=alt.Color("probability:Q", scale=alt.Scale(domain=[0, 1], scheme=PROBABILITY_SCHEME),
@@ -195,14 +196,16 @@ def playback_probability_chart(frame: pd.DataFrame, panels: Sequence[str], ways:
         tooltip=[alt.Tooltip("algorithm:N"), alt.Tooltip("query:N"), alt.Tooltip("class name:N", title="class"),
                  alt.Tooltip("probability:Q", format=".1%"), alt.Tooltip("shown step:Q", title="step")])
     truth = cell.transform_filter(alt.datum.true).mark_rect(fill=None, stroke="#2e9e4f", strokeWidth=2.5)
-    text = cell.mark_text(fontSize=9).encode(
-        text=alt.Text("probability:Q", format=".0%"),
-        color=alt.condition(alt.datum.probability > 0.5, alt.value("white"), alt.value("#333")))
-    return alt.layer(rects, truth, text, data=frame).properties(
-        width=panel_width, height=max(40, 18 * frame["query"].nunique())).facet(
-        column=alt.Column("panel:N", sort=list(panels), title=None,
-                          header=alt.Header(labelFontSize=11, labelFontWeight="bold", labelLimit=panel_width)),
-        spacing=6)
+    layers = [rects, truth]
+    if ways <= 6:  # room for the numbers in the cells
+        layers.append(cell.mark_text(fontSize=8).encode(
+            text=alt.Text("probability:Q", format=".0%"),
+            color=alt.condition(alt.datum.probability > 0.5, alt.value("white"), alt.value("#333"))))
+    return alt.layer(*layers, data=frame).properties(
+        width=panel_width, height=max(30, 16 * frame["query"].nunique())).facet(
+        facet=alt.Facet("panel:N", sort=list(panels), title=None,
+                        header=alt.Header(labelFontSize=10, labelFontWeight="bold", labelLimit=panel_width + 20)),
+        columns=columns, spacing=8)
 
 
 def embedding_chart(frame: pd.DataFrame, panels: Sequence[str], class_names: Sequence[str],

@@ -3,8 +3,10 @@ per comparison, on demand, and kept with it)."""
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,10 @@ from app.workspace import Workspace
 from engine.compare import AlgorithmResult, as_images
 from engine.inspect import Inspection, inspect_all
 from engine.learners import AdaptSettings, Learner
+
+
+PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="views-prefetch")
+"""Adapts in the background what a view is about to need (one at a time for the whole process)."""
 
 
 @dataclass
@@ -64,16 +70,31 @@ class ViewContext:
             self.cache["tensors"] = (as_images(support_x), torch.as_tensor(support_y), as_images(query_x))
         return self.cache["tensors"]
 
+    def _compute(self, names: list[str]) -> dict[str, Inspection | str]:
+        support_x, support_y, query_x = self.tensors()
+        return inspect_all({name: self.learners[name] for name in names}, support_x, support_y, self.record.ways,
+                           query_x, self.settings, workers=compute_workers(len(names)))
+
+    def prefetch(self, names: list[str]) -> None:
+        """Start inspecting ``names`` in the background (e.g. when the playback opens on its last
+        step, which needs none yet), so that the first request for another step finds them done."""
+        done = self.cache.setdefault("inspections", {})
+        missing = [name for name in names if name not in done]
+        if missing and "pending" not in self.cache:
+            self.tensors()  # read the task here, in the page's thread
+            self.cache["pending"] = PREFETCH.submit(contextvars.copy_context().run, self._compute, missing)
+
     def inspections(self, names: list[str]) -> dict[str, Inspection | str]:
         """Each named algorithm's :class:`~engine.inspect.Inspection` (or why it failed), computed
         for those not yet inspected, as many at once as the comparison ran."""
         done: dict[str, Inspection | str] = self.cache.setdefault("inspections", {})
+        pending: Future[dict[str, Inspection | str]] | None = self.cache.pop("pending", None)
+        if pending is not None:
+            done.update(pending.result())
         missing = [name for name in names if name not in done]
         if missing:
-            support_x, support_y, query_x = self.tensors()
             torch.set_num_threads(compute_threads())
-            done.update(inspect_all({name: self.learners[name] for name in missing}, support_x, support_y,
-                                    self.record.ways, query_x, self.settings, workers=compute_workers(len(missing))))
+            done.update(self._compute(missing))
         return {name: done[name] for name in names}
 
 

@@ -1,9 +1,10 @@
 """Step playback: a slider (and Play) over the inner steps; at each step every algorithm's query
 probabilities and its support loss.
 
-The view opens on the last step, which the comparison itself gave (its trace and predictions): no
-adaptation is repeated until another step is asked for. Then the inner-loop algorithms are adapted
-once more with every step kept (:mod:`engine.inspect`), once per comparison.
+The view opens on the last step, which the comparison itself gave (its trace and predictions), and
+starts adapting the inner-loop algorithms once more in the background, keeping every step
+(:mod:`engine.inspect`, once per comparison): the first other step asked for waits for that only
+if it is not done yet.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from engine.learners import StepRecord
 
 PLAY_SECONDS_PER_STEP = 0.35
 """How long Play shows each step: long enough to read a change, short enough for 10 steps."""
-CHART_WIDTH = 900
 
 
 @dataclass(frozen=True)
@@ -87,16 +87,19 @@ def specs_at(context: ViewContext, steps: dict[str, Steps], step: int) -> tuple[
         loss = charts.to_spec(charts.playback_loss_chart(traces, context.names, step), validate)
         frame, panels = step_frame(context, steps, step)
         grid = None if frame.empty else charts.to_spec(
-            charts.playback_probability_chart(frame, panels, context.record.ways, CHART_WIDTH), validate)
+            charts.playback_probability_chart(frame, panels, context.record.ways), validate)
         context.cache[key] = (loss, grid)
     return context.cache[key]
+
+
+def looping(context: ViewContext) -> list[str]:
+    return [r.name for r in context.results if r.ok and r.has_inner_loop and r.name in context.learners]
 
 
 def all_steps(context: ViewContext) -> dict[str, Steps]:
     """Every step of every algorithm: the inner-loop ones adapted again, keeping each step."""
     ok = [r for r in context.results if r.ok]
-    looping = [r.name for r in ok if r.has_inner_loop and r.name in context.learners]
-    found = context.inspections(looping)
+    found = context.inspections(looping(context))
     steps = {}
     for result in ok:
         inspection = found.get(result.name)
@@ -142,6 +145,8 @@ def render_playback(context: ViewContext) -> None:
             step = st.slider("Inner step", 0, last, key=state.PLAYBACK_STEP)
     if played or step != last:
         steps = all_steps(context)
+    elif last > 0:
+        context.prefetch(looping(context))  # while the page is read: the first step asked for is then ready
     target = st.empty()
     if played:
         for shown in range(last + 1):
