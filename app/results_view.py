@@ -12,9 +12,11 @@ from app.images import Example
 from app.models import ModelEntry, models_dir
 from app.run import RunRecord, current_labels, run_comparison, scored
 from app.task_builder import CARD_PADDING, NETWORK_WIDTH
+from app.views import ViewContext, render_views
+from app.views.about import render_about
 from app.workspace import Workspace
 from engine.compare import AlgorithmResult, ranked
-from engine.learners import AdaptSettings
+from engine.learners import AdaptSettings, Learner
 
 DETAILED_QUERY_LIMIT = 12
 """Above this many queries, per-query probability charts are opt-in (each chart costs a little)."""
@@ -80,10 +82,12 @@ def render_results(ws: Workspace, models: dict[str, ModelEntry], selected: list[
     if record.key != key:
         st.info("The task or the settings changed since these results: press Run to update them.",
                 icon=":material/update:")
-    show_record(ws, record, device_text)
+    learners = {name: entry.learner for name, entry in models.items() if entry.learner is not None}
+    show_record(ws, record, device_text, learners, settings, current=record.key == key)
 
 
-def show_record(ws: Workspace, record: RunRecord, device_text: str) -> None:
+def show_record(ws: Workspace, record: RunRecord, device_text: str, learners: dict[str, Learner] | None = None,
+                settings: AdaptSettings | None = None, current: bool = False) -> None:
     labels = current_labels(ws, record)
     results = scored(record.results, labels)
     names = [r.name for r in results]
@@ -105,6 +109,7 @@ def show_record(ws: Workspace, record: RunRecord, device_text: str) -> None:
             st.info(f"**{result.name}**: {note}", icon=":material/info:")
 
     summary_table(results, labelled)
+    render_about(names)
 
     curves = st.columns(2)
     with curves[0]:
@@ -114,6 +119,8 @@ def show_record(ws: Workspace, record: RunRecord, device_text: str) -> None:
                            width="stretch")
     if any(r.ok for r in results):
         st.vega_lite_chart(record.chart(("time",), lambda: charts.time_chart(results, names)), width="stretch")
+    render_views(ViewContext(ws, record, results, labels, class_names, learners or {}, settings or AdaptSettings(),
+                             current=current and learners is not None, device_text=device_text))
 
     if not record.queries:
         st.info("Add queries (draw or upload them under the support set) to see each algorithm's predictions.")
@@ -132,7 +139,8 @@ def show_record(ws: Workspace, record: RunRecord, device_text: str) -> None:
         st.caption(f"{queries - limit} more queries are in the predictions table above.")
 
 
-def summary_table(results: list[AlgorithmResult], labelled: int) -> None:
+def summary_frame(results: list[AlgorithmResult], labelled: int) -> pd.DataFrame:
+    """The ranking table's rows (also what the export's CSV holds)."""
     ordered = ranked(results) if labelled else results
     rows = []
     for rank, result in enumerate(ordered, start=1):
@@ -150,6 +158,12 @@ def summary_table(results: list[AlgorithmResult], labelled: int) -> None:
     frame = pd.DataFrame(rows)
     if not labelled:
         frame = frame.drop(columns=["rank", "query accuracy", "correct"])
+    return frame
+
+
+def summary_table(results: list[AlgorithmResult], labelled: int) -> None:
+    frame = summary_frame(results, labelled)
+    if not labelled:
         st.caption("Label the queries (the box under each one) to rank the algorithms by query accuracy.")
     st.dataframe(
         frame, hide_index=True, width="stretch", key=state.SUMMARY_TABLE,

@@ -55,6 +55,23 @@ RESTORE_BUTTON: Final = "restore"
 SAMPLE_BUTTON: Final = "sample_button"
 RANDOM_SEED_BUTTON: Final = "random_seed_button"
 
+# The "Inside the adaptation" views (app.views): each one's switch, then its own controls.
+VIEW_PLAYBACK: Final = "view_playback"
+VIEW_EMBEDDING: Final = "view_embedding"
+VIEW_SALIENCY: Final = "view_saliency"
+VIEW_EXPORT: Final = "view_export"
+PLAYBACK_STEP: Final = "playback_step"
+PLAYBACK_PLAY: Final = "playback_play"
+EMBEDDING_ALGORITHM: Final = "embedding_algorithm"
+SALIENCY_ALGORITHM: Final = "saliency_algorithm"
+SALIENCY_QUERY: Final = "saliency_query"
+SALIENCY_METHOD: Final = "saliency_method"
+EXPORT_CSV: Final = "export_csv"
+EXPORT_JSON: Final = "export_json"
+EXPORT_CHART: Final = "export_chart"
+EXPORT_PNG: Final = "export_png"
+EXPORT_SVG: Final = "export_svg"
+
 LAYOUTS: Final = ("auto", "side by side", "results below")
 MODEL_DEFAULT: Final = "model default"
 """The optimizer / fine-tune choice that keeps each model's own setting."""
@@ -146,6 +163,36 @@ def last_results() -> RunRecord | None:
 
 def set_results(record: RunRecord | None) -> None:
     st.session_state[RESULTS] = record
+
+
+VIEWS_CACHE: Final = "views_cache"
+"""What the "Inside the adaptation" views computed for the last comparison, dropped with it."""
+
+
+def views_cache(record: RunRecord) -> dict[Any, Any]:
+    """The views' cache for ``record`` (a fresh one when the comparison is another)."""
+    held = st.session_state.get(VIEWS_CACHE)
+    if held is None or held[0] is not record:
+        held = (record, {})
+        st.session_state[VIEWS_CACHE] = held
+    return held[1]
+
+
+def keep_option_valid(key: str, options: Sequence[Any]) -> None:
+    """Before a selector is drawn: a stored choice that is no longer offered falls back to the first."""
+    if key in st.session_state and st.session_state[key] not in options and options:
+        st.session_state[key] = options[0]
+
+
+def keep_in_range(key: str, low: int, high: int, default: int) -> None:
+    """Before a slider is drawn: its value is ``default`` the first time; a stored value outside
+    ``low..high`` (another run's) is clamped."""
+    st.session_state[key] = min(max(int(st.session_state.get(key, default)), low), high)
+
+
+def on_play(last_step: int) -> None:
+    """The playback's Play button: the slider ends on the last step, where the animation stops."""
+    st.session_state[PLAYBACK_STEP] = last_step
 
 
 def pop_callback_error() -> str | None:
