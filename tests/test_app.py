@@ -24,6 +24,7 @@ from app.state import query_label_key
 from engine.checkpoint import save_learner
 from engine.learners import LEARNERS
 from engine.nets import BackboneConfig
+from engine.paths import CACHE_DIR_ENV
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 ALL = sorted(LEARNERS)
@@ -77,6 +78,7 @@ def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_checkpoints(directory, ALL)
     monkeypatch.setenv("META_PLAYGROUND_MODELS", str(directory))
     monkeypatch.setenv("OMNIGLOT_DIR", str(tmp_path / "no-omniglot-here"))
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))  # the reload store of these sessions
     return directory
 
 
@@ -451,6 +453,7 @@ def test_a_task_link_brings_the_sampled_task_back(models_dir: Path, tiny_omniglo
     at = start(ways=2, shots=1)
     at.button(key="sample_button").click().run()
     link = dict(at.query_params)
+    assert len(link.pop("task")) >= 16  # the page's reload token stays in the address beside the link
     seed = workspace(at).omniglot["seed"]
     assert link == {"seed": str(seed), "ways": "2", "shots": "1", "queries": "1"}
     pixels = [e.pixels for c in workspace(at).visible_classes for e in c.examples(1)]
