@@ -297,5 +297,6 @@ def open_task_file(ws: Workspace, name: str, data: bytes) -> bool:
     apply_task(ws, task)
     count = sum(e is not None for c in task.classes for e in c.slots)
     ws.say(TASK, "success", f"Opened “{name}”: {task.ways}-way {task.shots}-shot, {count} examples, "
-                            f"{len(task.queries)} queries. “Restore previous task” brings back the one it replaced.")
+                            f"{len(task.queries)} queries. “Restore previous task” brings back the one it "
+                            "replaced.")
     return True

@@ -164,8 +164,9 @@ def bulk_label_popover(ws: Workspace) -> None:
     with st.popover("Label several", icon=":material/label:", help="Give many queries the same true class"):
         numbers = {q.example.id: number for number, q in enumerate(ws.queries, start=1)}
         picker = state.bulk_label_queries_key(ws)
-        st.multiselect("Queries", list(numbers), default=[q.example.id for q in ws.queries if ws.query_label(q) is None],
-                       format_func=lambda example_id: f"query {numbers.get(example_id, '?')}", key=picker)
+        unlabelled = [q.example.id for q in ws.queries if ws.query_label(q) is None]
+        st.multiselect("Queries", list(numbers), default=unlabelled, key=picker,
+                       format_func=lambda example_id: f"query {numbers.get(example_id, '?')}")
         options = [-1] + list(range(ws.ways))
         state.keep_int_choice_valid(state.BULK_LABEL_CLASS, options, -1)
         st.selectbox("True class", options, key=state.BULK_LABEL_CLASS, format_func=class_option_text(ws))

@@ -46,7 +46,8 @@ def render_toolbar(ws: Workspace) -> None:
                            key=state.SAVE_TASK_BUTTON, icon=":material/download:",
                            help="Download this task (drawings, uploads, names, labels and settings) as a zip of "
                                 "PNGs and a JSON manifest, to keep or share; “Open task” reads it back.")
-        with st.popover("Open task", icon=":material/folder_open:", help="Open a task file saved with “Save task”."):
+        with st.popover("Open task", icon=":material/folder_open:",
+                        help="Open a task file saved with “Save task”."):
             open_key = state.open_task_key(ws)
             st.file_uploader("Task file (.zip)", type=["zip"], key=open_key, on_change=state.on_open_task,
                              args=(open_key,), max_upload_size=MAX_TASK_FILE_BYTES // (1024 * 1024),

@@ -2,8 +2,9 @@
 
 One Chromium with 20 isolated contexts (each its own Streamlit session): all open the page, then all
 draw a different character and press Add before any result is awaited, so the server handles the
-20 reruns concurrently. Each session must then show exactly its own drawing, again after a reload
-of every page (the reload store), with no error on any page, and the server's resident memory must
+20 reruns concurrently. Each session must then show exactly its own drawing (and, after a reload,
+every fourth one again: the reload store under load; tests/test_browser.py checks a reload in
+detail), with no error on any page, and the server's resident memory must
 stay within a bound. The figures are printed (``-s``) and quoted in docs/app.md.
 """
 
@@ -28,9 +29,12 @@ MAX_SECONDS = 180
 """The sessions' part of the test (20 page loads, drawings and reloads) must finish within this."""
 
 SESSIONS = 20
-MAX_GROWTH_MB_PER_SESSION = 15
+RELOAD_EVERY = 4
+"""Reloading all 20 pages would double the test's time on a 2-core machine; every fourth shows the point."""
+MAX_GROWTH_MB_PER_SESSION = 5
 """Resident memory a session may add to the server (its task, widgets and page state): measured
-about 3-5 MB each here; the bound leaves room for allocator noise without hiding a leak of images."""
+under 1 MB each here (+16 to +29 MB for 40 sessions); the bound leaves room for allocator noise
+without hiding a per-session leak of images or models."""
 
 
 def server_rss_mb(port: int) -> float:
@@ -99,13 +103,14 @@ def test_twenty_concurrent_sessions_are_isolated_and_memory_is_bounded(server: s
         pages = []
         try:
             for _ in range(SESSIONS):
-                page = browser.new_context(viewport={"width": 1300, "height": 900}).new_page()
+                page = browser.new_context(viewport={"width": 1000, "height": 800}).new_page()
                 page.set_default_timeout(90_000)
                 page.goto(server, wait_until="commit")  # all 20 load at once
                 pages.append(page)
             for page in pages:
                 page.wait_for_selector(".st-key-row-class-0 canvas.ink")
                 wait_idle(page)
+            loaded_s = time.perf_counter() - started
             baseline = server_rss_mb(port)
             for index, page in enumerate(pages):  # every session draws before any result is awaited
                 draw(page, index)
@@ -117,21 +122,28 @@ def test_twenty_concurrent_sessions_are_isolated_and_memory_is_bounded(server: s
             drawings = [page.locator(f"{CARD} img").first.get_attribute("src") for page in pages]
             assert [page.locator(CARD).count() for page in pages] == [1] * SESSIONS
             assert len(set(drawings)) == SESSIONS  # each session shows its own drawing, no other's
-            for page in pages:
-                page.reload(wait_until="commit")
-            for index, page in enumerate(pages):
+            reloading = time.perf_counter()
+            reloaded = list(range(0, SESSIONS, RELOAD_EVERY))
+            for index in reloaded:
+                pages[index].reload(wait_until="commit")
+            for index in reloaded:
+                page = pages[index]
                 page.wait_for_selector(CARD)
                 wait_idle(page)
                 assert page.locator(CARD).count() == 1
                 assert page.locator(f"{CARD} img").first.get_attribute("src") == drawings[index]
+            for page in pages:
                 assert page.locator("[data-testid='stException']").count() == 0
                 assert page.locator("[data-testid='stAlertContentError']").count() == 0
+            reloaded_s = time.perf_counter() - reloading
             peak = server_rss_mb(port)
         finally:
             browser.close()
     growth = peak - baseline
-    print(f"\n{SESSIONS} sessions: all drawings added {all_added_s:.1f} s after the last Add was pressed; "
-          f"server RSS {baseline:.0f} MB with {SESSIONS} pages open -> {peak:.0f} MB after {2 * SESSIONS} sessions "
+    print(f"\n{SESSIONS} sessions: pages loaded in {loaded_s:.0f} s, reloaded in {reloaded_s:.0f} s; "
+          f"all drawings added {all_added_s:.1f} s after the last Add was pressed; "
+          f"server RSS {baseline:.0f} MB with {SESSIONS} pages open -> {peak:.0f} MB after "
+          f"{SESSIONS + len(reloaded)} sessions "
           f"(+{growth:.0f} MB); whole test {time.perf_counter() - started:.0f} s")
-    assert growth < MAX_GROWTH_MB_PER_SESSION * 2 * SESSIONS
+    assert growth < MAX_GROWTH_MB_PER_SESSION * (SESSIONS + len(reloaded))
     assert time.perf_counter() - started < MAX_SECONDS

@@ -56,14 +56,15 @@ def absurd_header(stem: Path) -> None:
 
 
 def wrong_shapes(stem: Path) -> None:
-    names = json.loads(stem.with_suffix(".json").read_text())["algorithm"]
-    params = LEARNERS[names](backbone=BackboneConfig(channels=CHANNELS)).params
+    algorithm = json.loads(stem.with_suffix(".json").read_text())["algorithm"]
+    params = LEARNERS[algorithm](backbone=BackboneConfig(channels=CHANNELS)).params
     save_file({name: torch.zeros(3) for name in params}, str(_weights(stem)))
 
 
 def nan_weights(stem: Path) -> None:
     algorithm = json.loads(stem.with_suffix(".json").read_text())["algorithm"]
-    params = {k: v.detach().clone() for k, v in LEARNERS[algorithm](backbone=BackboneConfig(channels=CHANNELS)).params.items()}
+    learner = LEARNERS[algorithm](backbone=BackboneConfig(channels=CHANNELS))
+    params = {k: v.detach().clone() for k, v in learner.params.items()}
     first = next(iter(params))
     params[first].view(-1)[0] = float("nan")
     save_file(params, str(_weights(stem)))
