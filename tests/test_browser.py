@@ -306,6 +306,13 @@ def test_the_page_fits_phone_mid_and_wide_screens(server: str, browser, width: i
     beside = results["x"] > builder["x"] + builder["width"] / 2 and results["y"] < builder["y"] + 200
     assert beside == (width >= 1280), (width, builder, results)
     assert page.get_by_text("Deploy", exact=True).count() == 0  # no developer chrome (.streamlit/config.toml)
+    if width >= 768:  # the algorithm selector shows every chosen algorithm, none cut off at its bottom
+        hidden = page.evaluate("""() => {
+          const box = document.querySelector('[data-testid=stSidebar] [data-testid=stMultiSelectTagsContainer]');
+          const tags = [...box.querySelectorAll('[data-tag]')];
+          const bottom = box.getBoundingClientRect().bottom + 1;
+          return [tags.length, tags.filter((t) => t.getBoundingClientRect().bottom > bottom).length]; }""")
+        assert hidden == [len(ALGORITHMS), 0], hidden
 
 
 def test_a_bad_upload_is_explained_next_to_its_class(server: str, browser, tmp_path: Path) -> None:
