@@ -39,6 +39,7 @@ class Example:
     pixels: np.ndarray  # float32 [28, 28] in [0, 1], ink high, read-only
     original_png: bytes  # small greyscale copy of what the user gave (dark ink on white)
     network_png: bytes  # the 28x28 network input itself (ink bright on black), shown enlarged
+    frames: int = 1  # frames in the file given (an animated GIF's first frame is what is used)
 
     @property
     def original_url(self) -> str:
@@ -137,6 +138,15 @@ def inverted_png(pixels: np.ndarray) -> bytes:
     return _png(Image.fromarray(grey).resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BICUBIC))
 
 
+def frame_count(data: bytes) -> int:
+    """Frames in an encoded image (animated GIF, APNG, multi-page TIFF); 1 when unknown."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return max(1, int(getattr(image, "n_frames", 1)))
+    except Exception:  # noqa: BLE001 - only a note depends on it; the image itself was accepted
+        return 1
+
+
 def example_from_bytes(data: bytes, source: Source, name: str) -> Example:
     """Preprocess an encoded image; raises :class:`ImagePreprocessError` with a user-facing message."""
     pixels = preprocess_cached(data)
@@ -145,7 +155,7 @@ def example_from_bytes(data: bytes, source: Source, name: str) -> Example:
     except Exception:  # noqa: BLE001 - the network view is what matters; show it instead
         original = inverted_png(pixels)
     return Example(id=uuid.uuid4().hex, source=source, name=name, pixels=pixels, original_png=original,
-                   network_png=network_png(pixels))
+                   network_png=network_png(pixels), frames=frame_count(data) if source == "upload" else 1)
 
 
 def example_from_pixels(pixels: np.ndarray, source: Source, name: str) -> Example:

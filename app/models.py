@@ -21,6 +21,8 @@ from engine.compare import warm_up
 from engine.learners import LEARNERS, Learner
 
 MODELS_ENV = "META_PLAYGROUND_MODELS"
+NOT_META_TRAINED = frozenset({"pretrain"})
+"""Trained as ordinary classifiers: their checkpoints count training steps, not meta-steps."""
 
 
 def models_dir() -> Path:
@@ -66,8 +68,9 @@ class ModelEntry:
         if not self.available:
             return self.problem or "unavailable"
         parts = []
+        word = "training" if self.name in NOT_META_TRAINED else "meta"
         if self.meta_steps is not None:
-            parts.append(f"{self.meta_steps:,} meta-steps")
+            parts.append(f"{self.meta_steps:,} {word}-step{'' if self.meta_steps == 1 else 's'}")
         if self.val_accuracy is not None:
             setting = self.metadata.get("val_setting")
             where = f" on {_setting_text(setting)}" if setting else ""
@@ -76,7 +79,7 @@ class ModelEntry:
         if isinstance(seconds, (int, float)) and seconds > 0:
             parts.append(f"trained {_duration(seconds)}")
         if self.untrained:
-            return "untrained checkpoint (0 meta-steps): expect chance-level predictions"
+            return f"untrained checkpoint (0 {word}-steps): expect chance-level predictions"
         return ", ".join(parts) or "checkpoint loaded"
 
     @property

@@ -23,13 +23,14 @@ def render_sidebar(models: dict[str, ModelEntry]) -> tuple[list[str], AdaptSetti
     with st.sidebar:
         st.header("What runs")
         chosen = st.multiselect(
-            "Algorithms", available, default=available, key=state.ALGORITHMS,
+            "Algorithms", available, default=state.algorithms_default(available), key=state.ALGORITHMS,
             placeholder="No trained checkpoint yet" if not available else "Choose algorithms",
             help="Only algorithms with a checkpoint in the models folder can run.",
             disabled=not available,
         )
         selected = [name for name in chosen if name in available]
-        render_model_list(models)
+        with st.expander(f"Checkpoints ({len(available)} of {len(models)} available)"):
+            render_model_list(models)
 
         st.subheader("Inner loop")
         use_defaults = st.toggle("Use each model's own defaults", key=state.USE_DEFAULTS,
@@ -63,7 +64,7 @@ def render_sidebar(models: dict[str, ModelEntry]) -> tuple[list[str], AdaptSetti
 
         st.subheader("Page")
         st.radio("Layout", state.LAYOUTS, key=state.LAYOUT, horizontal=True,
-                 help="Auto: task and results side by side on screens at least 1440 px wide, results below "
+                 help="Auto: task and results side by side on screens at least 1280 px wide, results below "
                       "the task on narrower ones.")
 
         st.subheader("Device")
@@ -102,8 +103,9 @@ def render_model_defaults(models: dict[str, ModelEntry], selected: list[str]) ->
         if steps is None:
             lines.append(f"{name}: no inner loop")
         else:
-            lines.append(f"{name}: {steps} steps, lr {lr:g}" if isinstance(lr, float)
-                         else f"{name}: {steps} steps, {lr} lr")
+            unit = "step" if steps == 1 else "steps"
+            lines.append(f"{name}: {steps} {unit}, lr {lr:g}" if isinstance(lr, float)
+                         else f"{name}: {steps} {unit}, {lr} lr")
     if lines:
         st.caption(" · ".join(lines))
 

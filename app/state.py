@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import streamlit as st
 
-from app.workspace import QUERIES, Workspace
+from app.workspace import QUERIES, TASK, Workspace
 
 if TYPE_CHECKING:
     from app.run import RunRecord
@@ -32,6 +32,12 @@ SAMPLE_NOW: Final = "sample_now"
 """Set by the sample buttons and task links: sample an Omniglot task during this page run."""
 LINK_CHECKED: Final = "_link_checked"
 """The task link (``?seed=..``) is applied on a session's first run only."""
+PERSISTED: Final = "_persisted"
+"""Signature of the task as last written to the reload store (see app.persistence.signature)."""
+RESTORED_ALGORITHMS: Final = "_restored_algorithms"
+"""Algorithms chosen before a reload: the algorithm selector's starting value, once."""
+TASK_PARAM: Final = "task"
+"""The address's query parameter holding the reload-store token (``?task=...``)."""
 
 # --------------------------------------------------------------------------- widget keys (their values)
 
@@ -54,6 +60,10 @@ CLEAR_ALL_BUTTON: Final = "clear_all"
 RESTORE_BUTTON: Final = "restore"
 SAMPLE_BUTTON: Final = "sample_button"
 RANDOM_SEED_BUTTON: Final = "random_seed_button"
+SAVE_TASK_BUTTON: Final = "save_task"
+NEW_QUERY_LABEL: Final = "new_query_label"  # the class new query drawings and uploads get (-1: unknown)
+BULK_LABEL_CLASS: Final = "bulk_label_class"
+BULK_LABEL_BUTTON: Final = "bulk_label_apply"
 
 # The "Inside the adaptation" views (app.views): each one's switch, then its own controls.
 VIEW_PLAYBACK: Final = "view_playback"
@@ -78,6 +88,10 @@ MODEL_DEFAULT: Final = "model default"
 MAX_QUERIES_PER_CLASS: Final = 10
 INITIAL_SEED_RANGE: Final = 9999
 NEW_SEED_RANGE: Final = 99999
+MAX_SEED: Final = 2**31 - 1
+PERSISTED_SETTINGS: Final = (ALGORITHMS, USE_DEFAULTS, STEPS, LR, OPTIMIZER, FINETUNE, LAYOUT, AUTO_RUN, SEED,
+                             QUERIES_PER_CLASS, NEW_QUERY_LABEL)
+"""Widget values kept with the task across a reload (N and K are the task's own)."""
 
 
 def pad_key(target: str) -> str:
@@ -123,6 +137,17 @@ def query_label_key(ws: Workspace, example_id: str) -> str:
     """Widget key of a query's true-class box: a fresh widget whenever N changes, so the box always
     shows the stored label (a label of a hidden class is kept and comes back with N)."""
     return f"qlabel-{example_id}-{ws.generation}-{ws.ways}"
+
+
+def open_task_key(ws: Workspace) -> str:
+    """The "Open task" uploader: a fresh, empty widget after each file."""
+    return f"open-task-{ws.upload_generation.get(TASK_PARAM, 0)}"
+
+
+def bulk_label_queries_key(ws: Workspace) -> str:
+    """The query picker of "Label several": a fresh widget whenever the queries change."""
+    ids = "".join(q.example.id[:6] for q in ws.queries)
+    return f"bulk-queries-{ws.generation}-{len(ws.queries)}-{abs(hash(ids)) % 10**8}"
 
 
 # --------------------------------------------------------------------------- reading and writing
@@ -221,9 +246,76 @@ def request_linked_task(ws: Workspace, ways: int, shots: int, seed: int, queries
     """A task link: set N, K, the seed and queries per class, and sample during this run."""
     ws.set_size(ways, shots)
     sync_size_widgets(ws)
-    st.session_state[SEED] = max(0, seed)
+    st.session_state[SEED] = min(max(0, seed), MAX_SEED)
     st.session_state[QUERIES_PER_CLASS] = min(max(queries, 0), MAX_QUERIES_PER_CLASS)
     st.session_state[SAMPLE_NOW] = True
+
+
+def keep_int_choice_valid(key: str, options: Sequence[int], fallback: int) -> None:
+    """A stored integer choice no longer offered becomes ``fallback`` (before the selectbox is drawn)."""
+    if st.session_state.get(key, fallback) not in options:
+        st.session_state[key] = fallback
+
+
+def new_query_label() -> int | None:
+    """The class new queries get (None: unknown)."""
+    label = st.session_state.get(NEW_QUERY_LABEL, -1)
+    return None if not isinstance(label, int) or label < 0 else label
+
+
+def task_token() -> str | None:
+    """This page's reload-store token (from the address), when it has a well-formed one."""
+    from app.task_store import valid_token
+
+    token = st.query_params.get(TASK_PARAM)
+    return token if valid_token(token) else None
+
+
+def ensure_task_token() -> str:
+    """The page's token, creating one (and putting it in the address) when there is none."""
+    from app.task_store import new_token
+
+    token = task_token()
+    if token is None:
+        token = new_token()
+        st.query_params[TASK_PARAM] = token
+    return token
+
+
+def persisted_signature() -> Any:
+    return st.session_state.get(PERSISTED)
+
+
+def set_persisted_signature(signature: Any) -> None:
+    st.session_state[PERSISTED] = signature
+
+
+def settings_snapshot() -> dict[str, Any]:
+    """The widget values that travel with the task (reload store and task files)."""
+    return {key: st.session_state[key] for key in PERSISTED_SETTINGS if key in st.session_state}
+
+
+def restore_settings(values: dict[str, Any]) -> list[str]:
+    """Put back saved widget values that are well-formed; returns the keys that were not."""
+    from app.task_store import valid_setting
+
+    refused = []
+    for key, value in values.items():
+        if key not in PERSISTED_SETTINGS or not valid_setting(key, value):
+            refused.append(str(key)[:40])
+        elif key == ALGORITHMS:
+            st.session_state[RESTORED_ALGORITHMS] = list(value)  # offered as the selector's default
+        else:
+            st.session_state[key] = float(value) if key == LR else value
+    return refused
+
+
+def algorithms_default(available: Sequence[str]) -> list[str]:
+    """The algorithm selector's starting value: what was chosen before a reload, else every one."""
+    restored = st.session_state.pop(RESTORED_ALGORITHMS, None)
+    if restored is None:
+        return list(available)
+    return [name for name in restored if name in available]
 
 
 def sync_size_widgets(ws: Workspace) -> None:
@@ -256,7 +348,10 @@ def on_size_change() -> None:
 def on_clear_all() -> None:
     workspace().clear_all()
     set_results(None)
+    token = task_token()
     st.query_params.clear()
+    if token:  # the page keeps its reload-store entry (now an empty task, restorable)
+        st.query_params[TASK_PARAM] = token
 
 
 @_guarded
@@ -314,8 +409,31 @@ def on_upload(target: str, key: str) -> None:
         except Exception as error:  # noqa: BLE001 - a failed read is the file's problem
             ws.say(target, "error", f"“{uploaded.name}” could not be read: {error}")
     if batch:
-        ws.ingest_files(target, batch)
+        ws.ingest_files(target, batch, query_label=new_query_label() if target == QUERIES else None)
     ws.upload_generation[target] = ws.upload_generation.get(target, 0) + 1
+
+
+@_guarded
+def on_open_task(key: str) -> None:
+    """A task file dropped on "Open task": the task is replaced only when the whole file is sound."""
+    from app.persistence import open_task_file
+
+    ws, uploaded = workspace(), st.session_state.get(key)
+    ws.upload_generation[TASK_PARAM] = ws.upload_generation.get(TASK_PARAM, 0) + 1
+    if uploaded is not None and open_task_file(ws, str(getattr(uploaded, "name", "the file")), uploaded.getvalue()):
+        sync_size_widgets(ws)
+        set_results(None)
+
+
+@_guarded
+def on_bulk_label(key: str) -> None:
+    """"Label several": every picked query gets the chosen class."""
+    ws = workspace()
+    picked = list(st.session_state.get(key) or [])
+    label = st.session_state.get(BULK_LABEL_CLASS, -1)
+    ws.clear_messages(QUERIES)
+    changed = ws.set_labels(picked, None if label is None or label < 0 else int(label))
+    ws.say(QUERIES, "success", f"{changed} quer{'y' if changed == 1 else 'ies'} relabelled.")
 
 
 @_guarded

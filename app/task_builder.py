@@ -32,8 +32,8 @@ def show_messages(ws: Workspace, target: str) -> None:
             message.text)
 
 
-def handle_pad(ws: Workspace, target: str, submission: dict[str, Any] | None) -> bool:
-    """Add a new drawing from the pad of ``target``; True when it was added."""
+def handle_pad(ws: Workspace, target: str, submission: dict[str, Any] | None, query_label: int | None = None) -> bool:
+    """Add a new drawing from the pad of ``target`` (a query gets class ``query_label``); True when added."""
     if submission is None:
         return False
     ws.clear_messages(target)
@@ -42,7 +42,7 @@ def handle_pad(ws: Workspace, target: str, submission: dict[str, Any] | None) ->
     except DrawingDecodeError as error:
         ws.say(target, "error", str(error))
         return False
-    return ws.ingest(target, data, "drawing", "drawing") is not None
+    return ws.ingest(target, data, "drawing", "drawing", query_label) is not None
 
 
 def example_card(example: Example, on_delete: Callable[..., None], args: tuple[Any, ...]) -> None:
@@ -121,7 +121,8 @@ def render_queries(ws: Workspace) -> None:
             submission = drawing_pad(state.QUERY_PAD, label="Add query", size=PAD_SIZE, seen=ws.pad_seen,
                                      hint="Draw, then Add (Enter).", aria="drawing pad for queries",
                                      focus=ws.focus_token(state.QUERY_PAD))
-            handle_pad(ws, target, submission)
+            new_label_box(ws)
+            handle_pad(ws, target, submission, state.new_query_label())
             upload_key = state.upload_key(ws, target)
             with st.popover("Upload", icon=":material/upload:", width="stretch",
                             help="Upload one or more query images"):
@@ -132,6 +133,7 @@ def render_queries(ws: Workspace) -> None:
                 st.markdown(f"**{len(ws.queries)} quer{'y' if len(ws.queries) == 1 else 'ies'}**", width="content")
                 st.caption("Characters to classify. Pick each one's true class to get accuracies.", width="content")
                 if ws.queries:
+                    bulk_label_popover(ws)
                     st.button("Clear", key=state.clear_queries_key(ws.generation), on_click=state.on_clear_queries,
                               type="tertiary", icon=":material/delete:", help="Delete every query")
             with st.container(horizontal=True, gap="small", key="slots-queries", wrap=True):
@@ -143,14 +145,38 @@ def render_queries(ws: Workspace) -> None:
             show_messages(ws, target)
 
 
+def class_option_text(ws: Workspace) -> Callable[[int], str]:
+    names = ws.class_names()
+    return lambda option: "class?" if option < 0 else f"{option + 1}. {names[option]}"
+
+
+def new_label_box(ws: Workspace) -> None:
+    """The class that the next query drawings and uploads get: draw a run of queries "as class k"."""
+    options = [-1] + list(range(ws.ways))
+    state.keep_int_choice_valid(state.NEW_QUERY_LABEL, options, -1)
+    st.selectbox("New queries are", options, key=state.NEW_QUERY_LABEL, format_func=class_option_text(ws),
+                 help="Queries drawn or uploaded from now on get this true class (class?: unknown; each "
+                      "query's own box changes it).")
+
+
+def bulk_label_popover(ws: Workspace) -> None:
+    """"Label several": pick queries (the unlabelled ones to start with) and give them one class."""
+    with st.popover("Label several", icon=":material/label:", help="Give many queries the same true class"):
+        numbers = {q.example.id: number for number, q in enumerate(ws.queries, start=1)}
+        picker = state.bulk_label_queries_key(ws)
+        unlabelled = [q.example.id for q in ws.queries if ws.query_label(q) is None]
+        st.multiselect("Queries", list(numbers), default=unlabelled, key=picker,
+                       format_func=lambda example_id: f"query {numbers.get(example_id, '?')}")
+        options = [-1] + list(range(ws.ways))
+        state.keep_int_choice_valid(state.BULK_LABEL_CLASS, options, -1)
+        st.selectbox("True class", options, key=state.BULK_LABEL_CLASS, format_func=class_option_text(ws))
+        st.button("Apply", key=state.BULK_LABEL_BUTTON, on_click=state.on_bulk_label, args=(picker,), type="primary")
+
+
 def query_card(ws: Workspace, number: int, example: Example, label: int | None) -> None:
     """One query: what was drawn and the network input, a delete button, and its true-class box."""
     options = [-1] + list(range(ws.ways))
-    names = ws.class_names()
-
-    def label_text(option: int) -> str:
-        return "class?" if option < 0 else f"{option + 1}. {names[option]}"
-
+    label_text = class_option_text(ws)
     with st.container(width=QUERY_CARD_WIDTH, gap="xxsmall", key=f"qcard-{example.id}"):
         with st.container(horizontal=True, vertical_alignment="bottom", gap="xsmall"):
             st.image(example.original_url, width=QUERY_THUMB_WIDTH)

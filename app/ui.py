@@ -17,22 +17,66 @@ from pathlib import Path
 import streamlit as st
 
 from app import state
+from app.persistence import TaskFileError, apply_task, read_task, write_task
 from app.resources import get_models
 from app.results_view import render_results
 from app.run import task_problems
 from app.sidebar import render_sidebar
 from app.task_builder import render_builder
+from app.task_store import default_store, signature
 from app.toolbar import apply_task_link, render_toolbar
+from app.workspace import TASK, Workspace
 
 PAGE_CSS = Path(__file__).resolve().parent / "styles" / "page.css"
 TASK_TO_RESULTS_WIDTH = (1.15, 1)
 """Relative widths of the task builder and the results when side by side."""
 
 
+def restore_saved_task(ws: Workspace) -> bool:
+    """First run of a session: bring back the task kept under the address's token (a reload)."""
+    token = state.task_token()
+    data = default_store().load(token) if token else None
+    if data is None:
+        return False
+    try:
+        task = read_task(data)
+    except TaskFileError as error:
+        ws.say(TASK, "warning", f"The copy of your task kept for reloads could not be read ({error}); "
+                                "starting with an empty task.")
+        return False
+    apply_task(ws, task)
+    ws.previous = None
+    state.restore_settings(task.settings)
+    state.sync_size_widgets(ws)
+    state.set_persisted_signature(signature(ws, state.settings_snapshot()))
+    st.toast("Your task is back (kept for this page's address).", icon=":material/restore:")
+    return True
+
+
+def keep_task(ws: Workspace) -> None:
+    """After the builder has handled this run's input: write the task for reloads when it changed."""
+    settings = state.settings_snapshot()
+    current = signature(ws, settings)
+    if current == state.persisted_signature():
+        return
+    if state.task_token() is None and not ws.has_content():
+        return  # nothing worth a token in the address yet
+    try:
+        default_store().save(state.ensure_task_token(), write_task(ws, settings))
+    except OSError as error:
+        st.caption(f":orange[:material/warning:] This task could not be kept for reloads ({error}): "
+                   "use “Save task” to keep it.")
+        return
+    state.set_persisted_signature(current)
+
+
 def render() -> None:
     ws = state.workspace()
+    first = state.first_run()
+    restored = first and restore_saved_task(ws)
     state.init_widget_defaults(ws)
-    apply_task_link(ws)
+    if first and not restored:
+        apply_task_link(ws)
     st.html(PAGE_CSS)
     models = get_models()
     selected, settings, device_text = render_sidebar(models)
@@ -48,19 +92,20 @@ def render() -> None:
     if layout == state.LAYOUTS[2]:
         left, right = st.container(), st.container()
     else:
-        # "auto": side by side on wide screens, stacked below 1440 px (see styles/page.css).
+        # "auto": side by side on wide screens, stacked below 1280 px (see styles/page.css).
         with st.container(key=f"layout-{'auto' if layout == state.LAYOUTS[0] else 'columns'}"):
             left, right = st.columns(list(TASK_TO_RESULTS_WIDTH), gap="large")
     with left:
         render_builder(ws)
     problems = task_problems(ws)  # after the builder: it handles this run's drawings and uploads
+    keep_task(ws)
     with right:
         render_results(ws, models, selected, settings, problems, device_text)
 
 
 def main() -> None:
     st.set_page_config(page_title="Few-shot meta-learning playground", page_icon=":material/draw:", layout="wide",
-                       initial_sidebar_state="expanded")
+                       initial_sidebar_state="auto")  # "auto": collapsed on phones
     try:
         st.set_option("client.showErrorDetails", "none")
     except Exception:  # noqa: BLE001 - older/newer Streamlit: the guard below still hides tracebacks

@@ -34,6 +34,8 @@ MAX_QUERIES = 60
 Level = Literal["error", "warning", "info", "success"]
 QUERIES = "queries"
 """Message target of the query section; support classes use :func:`class_target`."""
+TASK = "task"
+"""Message target of the task as a whole (task files, task links), shown under the toolbar."""
 
 
 def class_target(index: int) -> str:
@@ -196,20 +198,25 @@ class Workspace:
         return query.label if query.label is not None and 0 <= query.label < self.ways else None
 
     # -- ingestion ---------------------------------------------------------------------------------
-    def ingest(self, target: str, data: bytes, source: Source, name: str) -> Example | None:
-        """Preprocess ``data`` and place it at ``target``; on failure leave a message there."""
+    def ingest(self, target: str, data: bytes, source: Source, name: str,
+               query_label: int | None = None) -> Example | None:
+        """Preprocess ``data`` and place it at ``target`` (a query with class ``query_label``, when
+        given); on failure leave a message there."""
         try:
             example = example_from_bytes(data, source, name)
         except ImagePreprocessError as error:
             what = "The drawing" if source == "drawing" else f"“{name}”"
             self.say(target, "error", f"{what} was not added: {error}")
             return None
+        if example.frames > 1:
+            self.say(target, "info", f"“{name}” is animated ({example.frames} frames): its first frame was used.")
         if target == QUERIES:
-            return example if self.add_query(example) else None
+            return example if self.add_query(example, query_label) else None
         index = int(target.split("-", 1)[1])
         return example if self.add_support(index, example) is not None else None
 
-    def ingest_files(self, target: str, files: list[tuple[str, bytes]], source: Source = "upload") -> int:
+    def ingest_files(self, target: str, files: list[tuple[str, bytes]], source: Source = "upload",
+                     query_label: int | None = None) -> int:
         """Several uploads into one class (filling free slots in order) or into the queries."""
         self.clear_messages(target)
         added = 0
@@ -222,7 +229,7 @@ class Workspace:
                              f"{self.display_name(index)} is full (K = {self.shots}): {rest} file"
                              f"{'s were' if rest > 1 else ' was'} not added. Delete examples or raise K.")
                     break
-            if self.ingest(target, data, source, name) is not None:
+            if self.ingest(target, data, source, name, query_label) is not None:
                 added += 1
         return added
 
@@ -273,6 +280,20 @@ class Workspace:
             self.shots = shots
         self.messages.clear()
         self.generation += 1
+
+    def replace_task(self, classes: list[SupportClass], queries: list[Query], omniglot: dict[str, Any] | None,
+                     ways: int, shots: int) -> None:
+        """A whole task from elsewhere (a task file, the reload store); the current one stays restorable."""
+        self._replace(classes, queries, omniglot, ways, shots)
+
+    def set_labels(self, example_ids: list[str], label: int | None) -> int:
+        """Give every listed query the class ``label`` (None: unknown); returns how many changed."""
+        wanted, changed = set(example_ids), 0
+        for query in self.queries:
+            if query.example.id in wanted and query.label != label:
+                query.label = label
+                changed += 1
+        return changed
 
     def clear_all(self) -> None:
         self._replace([SupportClass(default_class_name(i)) for i in range(MAX_WAYS)], [], None)

@@ -7,6 +7,7 @@ configuration, so ``load_learner`` can rebuild it without any other input.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -19,6 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from engine.learners import Learner, get_learner_class
 from engine.nets import BackboneConfig
+
+
+OVERSIZE_FACTOR = 64
+"""Metadata describing a network this many times larger than its weights file cannot match it: it is
+refused before anything is allocated (near misses get the shape check's detailed message)."""
 
 
 class CheckpointError(ValueError):
@@ -105,23 +111,68 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return metadata
 
 
-def build_learner(metadata: Mapping[str, Any]) -> Learner:
-    """An untrained learner with the algorithm and configuration that ``metadata`` describes."""
+def _typed(fields: Mapping[str, Any], values: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """The known ``values``, each of its field's default type (an int is a float too): a wrong type
+    in hand-edited metadata is refused here, not deep inside adaptation."""
+    chosen = {}
+    for key, value in values.items():
+        if key not in fields:
+            continue
+        default = fields[key].default
+        expected = float if type(default) is float else type(default)
+        if expected in (bool, int, float, str):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = number if expected is float else type(value) is expected
+            if not ok:
+                raise CheckpointError(f"checkpoint metadata's {what}.{key} must be {expected.__name__}, not {value!r}")
+        chosen[key] = value
+    return chosen
+
+
+def build_learner(metadata: Mapping[str, Any], max_elements: int | None = None) -> Learner:
+    """An untrained learner with the algorithm and configuration that ``metadata`` describes.
+
+    ``max_elements`` (the weights file's tensor sizes) refuses a configuration describing a larger
+    network before any of it is allocated.
+    """
     try:
         cls = get_learner_class(metadata["algorithm"])
     except ValueError as error:
         raise CheckpointError(str(error)) from None
-    known = cls.config_class.__dataclass_fields__
-    config = cls.config_class(**{k: v for k, v in metadata.get("config", {}).items() if k in known})
-    backbone = BackboneConfig(**metadata.get("backbone", {}))
-    return cls(config=config, backbone=backbone)
+    config_values, backbone_values = metadata.get("config", {}), metadata.get("backbone", {})
+    if not isinstance(config_values, dict) or not isinstance(backbone_values, dict):
+        raise CheckpointError("checkpoint metadata's config and backbone must be JSON objects")
+    try:
+        config = cls.config_class(**_typed(cls.config_class.__dataclass_fields__, config_values, "config"))
+        backbone = BackboneConfig(**_typed(BackboneConfig.__dataclass_fields__, backbone_values, "backbone"))
+        if backbone.channels < 1 or backbone.layers < 1:
+            raise ValueError("the backbone needs at least one layer and one channel")
+        implied = backbone.channels ** 2 * 9 * (backbone.layers - 1)  # the 3x3 convolutions after the first
+        if max_elements is not None and implied > OVERSIZE_FACTOR * max(max_elements, 1):
+            raise ValueError("the metadata describes a larger network than the weights file holds")
+        return cls(config=config, backbone=backbone)
+    except (TypeError, ValueError, RuntimeError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint metadata does not describe a usable {cls.name} ({error})") from None
+
+
+def tensor_elements(path: Path) -> int:
+    """Elements in every tensor of a safetensors file, read from its header alone."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint weights {path} do not exist")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint weights {path} are corrupt or not safetensors ({error})") from None
 
 
 def load_learner(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Learner:
     """Rebuild a learner from its checkpoint, checking every tensor's name and shape."""
     weights_path, _ = checkpoint_paths(path)
     metadata = read_metadata(path)
-    learner = build_learner(metadata)
+    learner = build_learner(metadata, max_elements=tensor_elements(weights_path))
     tensors = load_tensors(weights_path, device)
     expected = {k: tuple(v.shape) for k, v in learner.params.items()}
     found = {k: tuple(v.shape) for k, v in tensors.items()}

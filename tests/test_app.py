@@ -24,6 +24,7 @@ from app.state import query_label_key
 from engine.checkpoint import save_learner
 from engine.learners import LEARNERS
 from engine.nets import BackboneConfig
+from engine.paths import CACHE_DIR_ENV
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 ALL = sorted(LEARNERS)
@@ -77,6 +78,7 @@ def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_checkpoints(directory, ALL)
     monkeypatch.setenv("META_PLAYGROUND_MODELS", str(directory))
     monkeypatch.setenv("OMNIGLOT_DIR", str(tmp_path / "no-omniglot-here"))
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))  # the reload store of these sessions
     return directory
 
 
@@ -451,6 +453,7 @@ def test_a_task_link_brings_the_sampled_task_back(models_dir: Path, tiny_omniglo
     at = start(ways=2, shots=1)
     at.button(key="sample_button").click().run()
     link = dict(at.query_params)
+    assert len(link.pop("task")) >= 16  # the page's reload token stays in the address beside the link
     seed = workspace(at).omniglot["seed"]
     assert link == {"seed": str(seed), "ways": "2", "shots": "1", "queries": "1"}
     pixels = [e.pixels for c in workspace(at).visible_classes for e in c.examples(1)]
@@ -474,3 +477,37 @@ def test_comparisons_spread_algorithms_over_the_cores(monkeypatch: pytest.Monkey
     assert resources.compute_workers(9) == 4
     monkeypatch.setenv(resources.WORKERS_ENV, "1")
     assert resources.compute_workers(9) == 1
+
+
+# --------------------------------------------------------------------------- labelling many at once
+
+
+def test_queries_drawn_and_uploaded_as_a_class_and_labelled_in_bulk(models_dir: Path) -> None:
+    at = start(ways=3)
+    fill_task(at, 3, queries=(0,))
+    at.selectbox(key="new_query_label").set_value(1).run()  # from now on, queries are class 2
+    draw(at, "pad-queries", shape_png(1, jitter=0.02))
+    at.file_uploader(key="upload-queries-0-0").set_value(
+        [(f"q{i}.png", shape_png(1, jitter=0.03 * i), "image/png") for i in range(2)]).run()
+    ws = workspace(at)
+    assert [q.label for q in ws.queries] == [None, 1, 1, 1]
+    at.slider(key="ways").set_value(2).run()  # class 2 still offered; a hidden class would fall back to "class?"
+    assert at.selectbox(key="new_query_label").value == 1
+    # Label several: the picker starts with the unlabelled queries; give them class 1.
+    picker = next(box for box in at.multiselect if str(box.key).startswith("bulk-queries-"))
+    assert picker.value == [ws.queries[0].example.id]
+    picker.set_value([q.example.id for q in ws.queries[:3]]).run()
+    at.selectbox(key="bulk_label_class").set_value(0).run()
+    at.button(key="bulk_label_apply").click().run()
+    assert not at.exception
+    assert [q.label for q in ws.queries] == [0, 0, 0, 1]
+    assert any("3 queries relabelled" in s for s in texts(at, "success"))
+    assert "correct" in summary(at).columns
+
+
+def test_model_list_wording(models_dir: Path) -> None:
+    at = start()
+    text = all_text(at)
+    assert "**pretrain** <span class='mp-model-note'>untrained checkpoint (0 training-steps)" in text
+    assert "**maml** <span class='mp-model-note'>untrained checkpoint (0 meta-steps)" in text
+    assert "metasgd: 1 step, learned lr" in text and " 1 steps" not in text  # Meta-SGD adapts in one step

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +22,13 @@ from tools.browser import chromium_path, load, new_page, serve_app, wait_idle
 from engine.checkpoint import save_learner
 from engine.learners import LEARNERS
 from engine.nets import BackboneConfig
+from engine.paths import CACHE_DIR_ENV
 
 pytestmark = pytest.mark.slow
 
 ALGORITHMS = sorted(LEARNERS)
+STORE_ROOT = Path(tempfile.mkdtemp(prefix="mp-browser-cache-"))
+"""The server's cache folder: tests put tasks in its reload store to open a page on a full task."""
 Stroke = list[tuple[float, float]]
 
 SHAPES: list[list[Stroke]] = [
@@ -49,7 +53,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     for name in ALGORITHMS:
         save_learner(models / name / "model", LEARNERS[name](backbone=BackboneConfig(channels=8)),
                      {"meta_step": 0, "val_accuracy": 0.2})
-    env = {"META_PLAYGROUND_MODELS": str(models), "OMNIGLOT_DIR": str(tmp_path_factory.mktemp("no_omniglot"))}
+    env = {"META_PLAYGROUND_MODELS": str(models), "OMNIGLOT_DIR": str(tmp_path_factory.mktemp("no_omniglot")),
+           CACHE_DIR_ENV: str(STORE_ROOT)}
     with serve_app(env, log_path=tmp_path_factory.mktemp("browser_logs") / "streamlit.log") as url:
         yield url
 
@@ -211,10 +216,103 @@ def test_sessions_never_see_each_others_drawings(server: str, browser) -> None:
     wait_idle(second)
     expect(second.locator(".st-key-row-class-0 [class*='st-key-card-']")).to_have_count(0)
     assert "0/1" in second.locator(".st-key-row-class-0").inner_text()
-    first.reload()  # a reload is a new session too: nothing leaks in from elsewhere, nothing kept
+    first.reload()  # a reload is a new session: its own task comes back (from its address), no other's
     first.wait_for_selector(".st-key-row-class-0 canvas.ink")
     wait_idle(first)
-    expect(first.locator(".st-key-row-class-0 [class*='st-key-card-']")).to_have_count(0)
+    expect(first.locator(".st-key-row-class-0 [class*='st-key-card-']")).to_have_count(1)
+    second.reload()
+    second.wait_for_selector(".st-key-row-class-0 canvas.ink")
+    wait_idle(second)
+    expect(second.locator(".st-key-row-class-0 [class*='st-key-card-']")).to_have_count(0)
+
+
+def test_a_drawn_task_survives_a_reload(server: str, browser) -> None:
+    page = browser()
+    load(page, server)
+    draw_and_add(page, "class-0", SHAPES[0], expected_cards=1)
+    draw_and_add(page, "class-1", SHAPES[1], expected_cards=1)
+    draw_and_add(page, "queries", SHAPES[3], expected_cards=1)
+    page.locator(".st-key-row-class-1 input[type='text']").fill("Ring")
+    page.locator(".st-key-row-class-1 input[type='text']").press("Enter")
+    wait_idle(page)
+    assert "task=" in page.url
+    drawn = page.locator(".st-key-row-class-0 [class*='st-key-card-'] img").first.get_attribute("src")
+    page.reload()
+    page.wait_for_selector(".st-key-row-class-0 [class*='st-key-card-']")
+    wait_idle(page)
+    for row in ("class-0", "class-1"):
+        expect(page.locator(f".st-key-row-{row} [class*='st-key-card-']")).to_have_count(1)
+    expect(page.locator(".st-key-row-queries [class*='st-key-qcard-']")).to_have_count(1)
+    assert page.locator(".st-key-row-class-0 [class*='st-key-card-'] img").first.get_attribute("src") == drawn
+    assert page.locator(".st-key-row-class-1 input[type='text']").input_value() == "Ring"
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+# --------------------------------------------------------------------------- narrow and wide screens
+
+FITS = """(selector) => {
+  // Every matching element is inside the viewport, or inside a box that scrolls and is itself inside.
+  const width = window.innerWidth + 1;
+  return [...document.querySelectorAll(selector)].every((el) => {
+    if (el.getBoundingClientRect().right <= width) return true;
+    for (let up = el.parentElement; up; up = up.parentElement) {
+      const style = getComputedStyle(up).overflowX;
+      if (style === 'auto' || style === 'scroll')
+        return up.getBoundingClientRect().right <= width && up.scrollWidth > up.clientWidth;
+    }
+    return false;
+  });
+}"""
+
+
+def stored_task(ways: int = 3, queries: int = 2) -> str:
+    """A drawn task in the server's reload store; returns its token (the page opens on it)."""
+    from app.images import example_from_bytes
+    from app.persistence import write_task
+    from app.task_store import TaskStore, new_token
+    from app.workspace import Workspace
+    from tests.test_app import shape_png
+
+    ws = Workspace()
+    ws.set_size(ways, 1)
+    for index in range(ways):
+        ws.classes[index].slots[0] = example_from_bytes(shape_png(index), "drawing", "drawing")
+    for number in range(queries):
+        ws.add_query(example_from_bytes(shape_png(number, jitter=0.03), "drawing", "drawing"), number)
+    token = new_token()
+    TaskStore(STORE_ROOT / "tasks").save(token, write_task(ws))
+    return token
+
+
+@pytest.mark.parametrize("width", [420, 1280, 1920])
+def test_the_page_fits_phone_mid_and_wide_screens(server: str, browser, width: int, tmp_path: Path) -> None:
+    page = browser(width=width, height=900)
+    page.goto(f"{server}/?task={stored_task()}")
+    page.wait_for_selector(".st-key-predictions table")
+    wait_idle(page)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(tmp_path / f"page-{width}.png"))
+    page.locator(".st-key-predictions").scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / f"results-{width}.png"))
+    # Collapsed, the sidebar slides off the left edge; expanded, it covers the left of the page.
+    sidebar_right = page.locator("[data-testid='stSidebar']").evaluate("el => el.getBoundingClientRect().right")
+    assert (sidebar_right <= 1) == (width < 768), sidebar_right  # collapsed on phones at first load
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
+    for selector in (".st-key-predictions table", "[data-testid='stVegaLiteChart']", "[data-testid='stDataFrame']",
+                     ".st-key-toolbar"):
+        assert page.evaluate(FITS, selector), f"{selector} is cut off at {width} px"
+    builder = page.locator(".st-key-builder").bounding_box()
+    results = page.locator(".st-key-run-controls").bounding_box()
+    beside = results["x"] > builder["x"] + builder["width"] / 2 and results["y"] < builder["y"] + 200
+    assert beside == (width >= 1280), (width, builder, results)
+    assert page.get_by_text("Deploy", exact=True).count() == 0  # no developer chrome (.streamlit/config.toml)
+    if width >= 768:  # the algorithm selector shows every chosen algorithm, none cut off at its bottom
+        hidden = page.evaluate("""() => {
+          const box = document.querySelector('[data-testid=stSidebar] [data-testid=stMultiSelectTagsContainer]');
+          const tags = [...box.querySelectorAll('[data-tag]')];
+          const bottom = box.getBoundingClientRect().bottom + 1;
+          return [tags.length, tags.filter((t) => t.getBoundingClientRect().bottom > bottom).length]; }""")
+        assert hidden == [len(ALGORITHMS), 0], hidden
 
 
 def test_a_bad_upload_is_explained_next_to_its_class(server: str, browser, tmp_path: Path) -> None:
