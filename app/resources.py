@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 import torch
 
+from app.compute_queue import ComputeQueue
 from app.models import ModelEntry, fingerprint, load_models, models_dir
+from engine.compare import AdaptedCache
 from engine.device import describe_device, keep_freed_memory, resolve_device
 
 if TYPE_CHECKING:
@@ -20,6 +22,14 @@ THREADS_ENV = "META_PLAYGROUND_THREADS"
 WORKERS_ENV = "META_PLAYGROUND_WORKERS"
 MAX_THREADS = 4
 MAX_WORKERS = 4
+CACHE_ENV = "META_PLAYGROUND_ADAPTED_CACHE"
+QUEUE_ENV = "META_PLAYGROUND_QUEUE"
+DEFAULT_CACHED_ADAPTATIONS = 160
+"""Adapted learners kept per process: two support sets each of eight sessions with all ten
+algorithms (a 5-way Conv-4 adaptation holds about 0.5 MB of fast weights)."""
+DEFAULT_QUEUED_REQUESTS = 32
+"""Comparisons waiting or running at once, all sessions together; beyond it a session is told the
+server is busy (each session has at most one, its newest: older ones are superseded)."""
 CORES_PER_THREAD = 4
 """By default a comparison uses a quarter of the cores for PyTorch's own threads."""
 
@@ -91,3 +101,28 @@ def get_models() -> dict[str, ModelEntry]:
     directory = models_dir()
     device, _ = _device()
     return _models(str(directory), fingerprint(directory), device)
+
+
+def _env_count(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
+
+@st.cache_resource(show_spinner=False)
+def adapted_cache() -> AdaptedCache:
+    """Adapted learners kept for every session of this process (``$META_PLAYGROUND_ADAPTED_CACHE``
+    entries): a new query only predicts, a new support example or new settings re-adapt."""
+    return AdaptedCache(_env_count(CACHE_ENV, DEFAULT_CACHED_ADAPTATIONS))
+
+
+def queue_workers() -> int:
+    """Threads of the shared comparison queue: ``$META_PLAYGROUND_WORKERS``, else one per core
+    (each with :func:`compute_threads` PyTorch threads)."""
+    return _env_count(WORKERS_ENV, max(1, (os.cpu_count() or 1) // compute_threads()))
+
+
+@st.cache_resource(show_spinner=False)
+def compute_queue() -> ComputeQueue:
+    """The one queue every session's adaptations go through, so simultaneous requests never run
+    more adaptations at once than there are cores (``$META_PLAYGROUND_QUEUE`` requests at most)."""
+    return ComputeQueue(queue_workers(), _env_count(QUEUE_ENV, DEFAULT_QUEUED_REQUESTS))

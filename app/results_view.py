@@ -10,6 +10,7 @@ import streamlit as st
 from app import charts, state
 from app.images import Example
 from app.models import ModelEntry, models_dir
+from app.compute_queue import QueueFull
 from app.run import RunRecord, current_labels, run_comparison, scored
 from app.task_builder import CARD_PADDING, NETWORK_WIDTH
 from app.views import ViewContext, render_views
@@ -67,8 +68,19 @@ def render_results(ws: Workspace, models: dict[str, ModelEntry], selected: list[
 
     if runnable and (clicked or (auto and (record is None or record.key != key))):
         with st.spinner(f"Adapting {len(selected)} algorithm{plural(len(selected))}…"):
-            record = run_comparison(ws, models, selected, settings, key)
-        state.set_results(record)
+            queued = st.empty()
+            try:
+                record = run_comparison(ws, models, selected, settings, key, state.session_id(),
+                                        on_wait=lambda ahead: queued.caption(queue_text(ahead)))
+            except QueueFull:
+                queued.empty()
+                st.warning("The server is busy with other people's comparisons: press Run again in a moment.",
+                           icon=":material/hourglass_top:")
+                record = None
+        queued.empty()
+        if record is not None:
+            state.set_results(record)
+        record = state.last_results()
 
     if record is None:
         if runnable:
@@ -84,6 +96,13 @@ def render_results(ws: Workspace, models: dict[str, ModelEntry], selected: list[
                 icon=":material/update:")
     learners = {name: entry.learner for name, entry in models.items() if entry.learner is not None}
     show_record(ws, record, device_text, learners, settings, current=record.key == key)
+
+
+def queue_text(ahead: int) -> str:
+    """The note shown while a comparison waits in the shared queue."""
+    if ahead:
+        return f":material/hourglass_top: queued ({ahead} ahead)"
+    return ":material/progress_activity: adapting…"
 
 
 def show_record(ws: Workspace, record: RunRecord, device_text: str, learners: dict[str, Learner] | None = None,

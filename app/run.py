@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,10 +14,13 @@ import torch
 from app import charts
 from app.images import Example
 from app.models import ModelEntry
-from app.resources import compute_threads, compute_workers
+from app.resources import adapted_cache, compute_queue, compute_threads
 from app.workspace import Workspace, class_target
-from engine.compare import AlgorithmResult, TaskInputError, compare, rescored
-from engine.learners import AdaptSettings
+from engine.compare import (
+    AdaptOutcome, AlgorithmResult, PreparedTask, TaskInputError, expected_cost, predict_all, prepare_task, rescored,
+    support_fingerprint,
+)
+from engine.learners import AdaptSettings, Learner
 
 MAX_CACHED_CHARTS = 200
 """Chart specs kept per comparison (one per query, label and width shown); beyond it they are rebuilt."""
@@ -66,23 +70,65 @@ def settings_text(settings: AdaptSettings) -> str:
     return f"{settings.steps} steps, lr {settings.lr:g}, {optimizer}{finetune}"
 
 
+WAIT_POLL_S = 0.05
+"""How often a waiting page run checks its queued request (and updates the "queued" note)."""
+
+
 def run_comparison(ws: Workspace, models: dict[str, ModelEntry], selected: list[str], settings: AdaptSettings,
-                   key: tuple[Any, ...]) -> RunRecord:
+                   key: tuple[Any, ...], session: str = "", on_wait: Callable[[int], None] | None = None) -> RunRecord:
+    """Adapt what is not adapted yet and predict the queries with every selected algorithm.
+
+    Adapted learners are kept (:func:`~app.resources.adapted_cache`) per algorithm, support set and
+    resolved settings: a new, deleted or relabelled query only predicts again. Adaptations go through
+    the shared queue (:func:`~app.resources.compute_queue`) as one request of ``session``; while it
+    waits, ``on_wait(requests ahead)`` is called every :data:`WAIT_POLL_S` seconds. Raises
+    :class:`~app.compute_queue.QueueFull` when the server has too many requests waiting."""
     support_x, support_y = ws.support_arrays()
     query_x, query_y = ws.query_arrays()
     learners = {name: models[name].learner for name in selected if models[name].learner is not None}
     torch.set_num_threads(compute_threads())
     start = time.perf_counter()
+    results: list[AlgorithmResult] = []
+    error = None
     try:
-        results = compare(learners, support_x, support_y, ws.ways, query_x, settings, query_y,
-                          workers=compute_workers(len(learners)))
-        error = None
+        task = prepare_task(support_x, support_y, ws.ways, query_x, query_y)
     except TaskInputError as problem:
-        results, error = [], str(problem)
+        error = str(problem)
+    else:
+        outcomes = adapted_outcomes(learners, task, settings, session, on_wait)
+        results = predict_all({name: outcomes[name] for name in learners}, task.query_x, task.query_y)
     wall_ms = (time.perf_counter() - start) * 1000.0
     return RunRecord(key=key, results=results, ways=ws.ways, shots=ws.shots, support_count=len(support_y),
                      queries=[q.example for q in ws.queries], wall_ms=wall_ms, settings_text=settings_text(settings),
                      error=error)
+
+
+def adapted_outcomes(learners: dict[str, Learner], task: PreparedTask, settings: AdaptSettings, session: str,
+                     on_wait: Callable[[int], None] | None = None) -> dict[str, AdaptOutcome]:
+    """Every learner adapted to the task's support set: kept ones at once, the others through the queue."""
+    cache = adapted_cache()
+    fingerprint = support_fingerprint(task.support_x, task.support_y, task.ways)
+    outcomes: dict[str, AdaptOutcome] = {}
+    for name, learner in learners.items():
+        kept = cache.get(cache.key(name, learner, fingerprint, settings), learner)
+        if kept is not None:
+            outcomes[name] = kept
+    # Longest inner loop first, so the quick learners fill the tail on the other cores.
+    missing = sorted((name for name in learners if name not in outcomes),
+                     key=lambda name: -expected_cost(learners[name], settings))
+    if not missing:
+        return outcomes
+    ticket = compute_queue().submit(session, [
+        functools.partial(cache.get_or_adapt, name, learners[name], task, fingerprint, settings) for name in missing])
+    try:
+        while not ticket.wait(WAIT_POLL_S):
+            if on_wait is not None:
+                on_wait(ticket.ahead())  # a Streamlit call: a newer run of this page interrupts here
+    except BaseException:
+        ticket.cancel()  # interrupted by a newer page run: its jobs not started yet are skipped
+        raise
+    outcomes.update(zip(missing, ticket.results()))
+    return outcomes
 
 
 def current_labels(ws: Workspace, record: RunRecord) -> list[int | None]:

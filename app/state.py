@@ -41,6 +41,14 @@ def workspace() -> Workspace:
     return st.session_state[WORKSPACE]
 
 
+def session_id() -> str:
+    """This browser session's id (the shared comparison queue keeps each session's newest request)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    context = get_script_run_ctx()
+    return context.session_id if context is not None else ""
+
+
 def init_widget_defaults(ws: Workspace) -> None:
     """Starting values of the widgets (a test or a task link may have set some already)."""
     defaults: dict[str, Any] = {

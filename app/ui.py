@@ -18,6 +18,7 @@ import streamlit as st
 
 from app import state
 from app.persistence import TaskFileError, apply_task, read_task, write_task
+from app.models import ModelEntry
 from app.resources import get_models
 from app.results_view import render_results
 from app.run import task_problems
@@ -26,6 +27,7 @@ from app.task_builder import render_builder
 from app.task_store import default_store, signature
 from app.toolbar import apply_task_link, render_toolbar
 from app.workspace import TASK, Workspace
+from engine.learners import AdaptSettings
 
 PAGE_CSS = Path(__file__).resolve().parent / "styles" / "page.css"
 TASK_TO_RESULTS_WIDTH = (1.15, 1)
@@ -88,6 +90,27 @@ def render() -> None:
     st.caption("Draw (or upload, or sample) a few examples of each class, pick meta-learning algorithms, and "
                "compare how each one adapts to your task and classifies your queries.")
     render_toolbar(ws)
+    render_task_and_results(models, selected, settings, device_text)
+
+
+@st.fragment
+def render_task_and_results(models: dict[str, ModelEntry], selected: list[str], settings: AdaptSettings,
+                            device_text: str) -> None:
+    """The task builder and the results: a fragment, so drawing, adding, deleting or labelling an
+    example reruns only this part (the sidebar, toolbar and page styles are not rebuilt); a change
+    of the sidebar or toolbar reruns the whole page, with the arguments it gives here."""
+    try:
+        task_and_results(state.workspace(), models, selected, settings, device_text)
+    except Exception as error:  # noqa: BLE001 - a fragment rerun is outside main()'s guard
+        st.error(f"Something went wrong ({type(error).__name__}: {error}). Your drawings are kept: change a "
+                 "setting or reload the page to continue.")
+
+
+def task_and_results(ws: Workspace, models: dict[str, ModelEntry], selected: list[str], settings: AdaptSettings,
+                     device_text: str) -> None:
+    callback_error = state.pop_callback_error()
+    if callback_error:  # a callback of a widget inside the fragment: shown here, where it reruns
+        st.error(f"That action failed ({callback_error}); your drawings are kept.")
     layout = state.value(state.LAYOUT, state.LAYOUTS[0])
     if layout == state.LAYOUTS[2]:
         left, right = st.container(), st.container()

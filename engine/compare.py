@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
+import hashlib
 import math
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engine.learners import AdaptSettings, Learner, StepRecord
+from engine.learners import AdaptSettings, Adapted, Learner, StepRecord
 
 if TYPE_CHECKING:
     from engine.data.tasks import Task
@@ -221,10 +225,38 @@ def _settings_for(name: str, settings: AdaptSettings | Mapping[str, AdaptSetting
     return settings.get(name, AdaptSettings())
 
 
-def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, ways: int, query_x: Tensor,
-            settings: AdaptSettings, query_y: Tensor | None = None) -> AlgorithmResult:
-    """Adapt one learner and predict the queries; never raises for the algorithm's own failures."""
+@dataclass
+class AdaptOutcome:
+    """One learner adapted to one support set: what adapting showed (``result``, without
+    predictions) and the :class:`Adapted` model to predict with (None when adapting failed).
+
+    The adapted model is only read afterwards (``predict_proba``), so an outcome can be kept and
+    reused for any number of query sets, by any session, as long as the support set and the
+    settings stay the same."""
+
+    name: str
+    result: AlgorithmResult
+    adapted: Adapted | None
+    device: torch.device
+
+    @property
+    def ok(self) -> bool:
+        return self.adapted is not None and self.result.error is None
+
+
+def _failure(result: AlgorithmResult, error: Exception) -> AlgorithmResult:
+    message = str(error).strip() or type(error).__name__
+    result.error = f"{type(error).__name__}: {message}"
+    result.probabilities = result.predictions = None
+    result.query_accuracy = None
+    return result
+
+
+def adapt_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, ways: int,
+              settings: AdaptSettings) -> AdaptOutcome:
+    """Adapt one learner to the support set; never raises for the algorithm's own failures."""
     result = AlgorithmResult(name=name, has_inner_loop=bool(learner.has_inner_loop))
+    device = torch.device("cpu")
     try:
         result.steps, result.lr, result.optimizer = learner.resolve_settings(settings).summary()
         device = learner.device
@@ -235,30 +267,204 @@ def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, w
         result.trace = list(adapted.trace)
         result.warning, result.diverged = adapted.warning, bool(adapted.diverged)
         result.notes = [str(note) for note in (getattr(adapted, "notes", None) or [])]
-        if query_x.shape[0]:
-            start = time.perf_counter()
-            probabilities = adapted.predict_proba(query_x.to(device)).detach().to("cpu", torch.float32)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            result.predict_ms = (time.perf_counter() - start) * 1000.0
-            if tuple(probabilities.shape) != (query_x.shape[0], ways):
-                raise RuntimeError(f"predict_proba returned shape {tuple(probabilities.shape)}, "
-                                   f"expected {(query_x.shape[0], ways)}")
-            if not torch.isfinite(probabilities).all():
-                note = "Its predictions are not finite numbers (NaN/inf): the adapted weights blew up."
-                result.warning = f"{result.warning} {note}" if result.warning else note
-                result.diverged = True
-                probabilities = torch.nan_to_num(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
-            result.probabilities = probabilities.numpy()
-            result.predictions = probabilities.argmax(dim=1).numpy().astype(np.int64)
-            score = score_queries(result.predictions, query_y)
-            result.correct, result.labelled, result.query_accuracy = score.correct, score.labelled, score.accuracy
     except Exception as error:  # noqa: BLE001 - one algorithm's failure must not stop the others
-        message = str(error).strip() or type(error).__name__
-        result.error = f"{type(error).__name__}: {message}"
-        result.probabilities = result.predictions = None
-        result.query_accuracy = None
+        return AdaptOutcome(name, _failure(result, error), None, device)
+    return AdaptOutcome(name, result, adapted, device)
+
+
+def predict_one(outcome: AdaptOutcome, query_x: Tensor, query_y: Tensor | None = None) -> AlgorithmResult:
+    """The outcome's result with the queries' probabilities, predictions and score (a new object:
+    the outcome itself is left as it was, so it can be reused for other queries)."""
+    result = dataclasses.replace(outcome.result, trace=list(outcome.result.trace), notes=list(outcome.result.notes),
+                                 probabilities=None, predictions=None, predict_ms=0.0)
+    if not outcome.ok or not query_x.shape[0]:
+        return result
+    assert outcome.adapted is not None
+    ways = outcome.adapted.ways
+    try:
+        start = time.perf_counter()
+        probabilities = outcome.adapted.predict_proba(query_x.to(outcome.device)).detach().to("cpu", torch.float32)
+        if outcome.device.type == "cuda":
+            torch.cuda.synchronize(outcome.device)
+        result.predict_ms = (time.perf_counter() - start) * 1000.0
+        if tuple(probabilities.shape) != (query_x.shape[0], ways):
+            raise RuntimeError(f"predict_proba returned shape {tuple(probabilities.shape)}, "
+                               f"expected {(query_x.shape[0], ways)}")
+        if not torch.isfinite(probabilities).all():
+            note = "Its predictions are not finite numbers (NaN/inf): the adapted weights blew up."
+            result.warning = f"{result.warning} {note}" if result.warning else note
+            result.diverged = True
+            probabilities = torch.nan_to_num(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
+        result.probabilities = probabilities.numpy()
+        result.predictions = probabilities.argmax(dim=1).numpy().astype(np.int64)
+        score = score_queries(result.predictions, query_y)
+        result.correct, result.labelled, result.query_accuracy = score.correct, score.labelled, score.accuracy
+    except Exception as error:  # noqa: BLE001 - one algorithm's failure must not stop the others
+        return _failure(result, error)
     return result
+
+
+def run_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, ways: int, query_x: Tensor,
+            settings: AdaptSettings, query_y: Tensor | None = None) -> AlgorithmResult:
+    """Adapt one learner and predict the queries; never raises for the algorithm's own failures."""
+    return predict_one(adapt_one(name, learner, support_x, support_y, ways, settings), query_x, query_y)
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task's inputs validated and converted once (:func:`prepare_task`)."""
+
+    support_x: Tensor
+    support_y: Tensor
+    ways: int
+    query_x: Tensor
+    query_y: Tensor | None
+
+
+def prepare_task(support_images: ImageBatch, support_labels: Tensor | np.ndarray | Sequence[int], ways: int,
+                 query_images: ImageBatch | None = None,
+                 query_labels: Tensor | np.ndarray | Sequence[int] | None = None) -> PreparedTask:
+    """Validate a task once (raises :class:`TaskInputError` for the task's own problems)."""
+    support_x = as_images(support_images, "support images")
+    support_y = as_labels(support_labels, support_x.shape[0], ways, "support")
+    assert support_y is not None
+    validate_support(support_y, ways)
+    query_x = as_images(query_images, "query images")
+    query_y = as_labels(query_labels, query_x.shape[0], ways, "query")
+    if query_y is not None and query_y.numel() and int(query_y.max()) >= ways:
+        raise TaskInputError(f"Query labels must lie in 0..{ways - 1} (or -1 for unknown).")
+    return PreparedTask(support_x, support_y, ways, query_x, query_y)
+
+
+def support_fingerprint(support_x: Tensor, support_y: Tensor, ways: int) -> str:
+    """A digest of the support set (pixels, labels, N): equal digests adapt to equal models."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str((ways, tuple(support_x.shape))).encode())
+    digest.update(support_x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    digest.update(support_y.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def settings_key(learner: Learner, settings: AdaptSettings) -> tuple[Any, ...]:
+    """What decides how ``learner`` adapts with ``settings``: the resolved steps, step size,
+    optimizer and fine-tuning choice, and the settings asked for (a learned per-weight rate shows as
+    "learned" but is scaled by the asked one). A learner without an inner loop ignores settings: its
+    key is all None, so changing them never re-adapts ProtoNet."""
+    if not learner.has_inner_loop:
+        return (None,)
+    resolved = learner.resolve_settings(settings)
+    return (resolved.steps, resolved.lr, resolved.optimizer, resolved.finetune, settings)
+
+
+def _named_call(name: str, job: Callable[[], Any]) -> Any:
+    """``job()``; the name rides along so a queued job says whose it is (tests read it)."""
+    return job()
+
+
+def _in_threads(jobs: Mapping[str, Callable[[], Any]], workers: int, cost: Mapping[str, int]) -> dict[str, Any]:
+    """Call every job (name -> no-argument callable), ``workers`` at once, longest first."""
+    if workers <= 1 or len(jobs) < 2:
+        return {name: job() for name, job in jobs.items()}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # Longest first: a free worker takes the next one, so the quick learners fill the tail
+        # instead of one long inner loop running alone at the end.
+        longest_first = sorted(jobs, key=lambda name: -cost.get(name, 0))
+        # Each worker runs in a copy of the caller's context, so context-local switches (the fused
+        # kernels: ``engine.kernels.fused``) hold in its threads as they do in a serial comparison.
+        futures = {name: pool.submit(contextvars.copy_context().run, _named_call, name, jobs[name])
+                   for name in longest_first}
+        return {name: futures[name].result() for name in jobs}
+
+
+def adapt_all(learners: Mapping[str, Learner], support_images: ImageBatch,
+              support_labels: Tensor | np.ndarray | Sequence[int], ways: int,
+              settings: AdaptSettings | Mapping[str, AdaptSettings] | None = None,
+              workers: int = 1) -> dict[str, AdaptOutcome]:
+    """Adapt every learner to the same support set (in the order of ``learners``); predict with
+    :func:`predict_all`, as often as the queries change. Raises :class:`TaskInputError` only for
+    problems with the support set itself."""
+    task = prepare_task(support_images, support_labels, ways)
+    jobs = {name: functools.partial(adapt_one, name, learner, task.support_x, task.support_y, ways,
+                                    _settings_for(name, settings))
+            for name, learner in learners.items()}
+    return _in_threads(jobs, workers, {name: expected_cost(learners[name], _settings_for(name, settings))
+                                       for name in learners})
+
+
+def predict_all(outcomes: Mapping[str, AdaptOutcome], query_images: ImageBatch | None,
+                query_labels: Tensor | np.ndarray | Sequence[int] | None = None) -> list[AlgorithmResult]:
+    """Every adapted learner's predictions for the same queries (in the order of ``outcomes``)."""
+    ways = {outcome.adapted.ways for outcome in outcomes.values() if outcome.adapted is not None}
+    query_x = as_images(query_images, "query images")
+    query_y = as_labels(query_labels, query_x.shape[0], max(ways, default=0), "query")
+    if query_y is not None and query_y.numel() and ways and int(query_y.max()) >= min(ways):
+        raise TaskInputError(f"Query labels must lie in 0..{min(ways) - 1} (or -1 for unknown).")
+    return [predict_one(outcome, query_x, query_y) for outcome in outcomes.values()]
+
+
+AdaptKey = tuple[Any, ...]
+
+
+class AdaptedCache:
+    """Adapted learners kept per (algorithm, loaded model, support set, resolved settings): a
+    bounded, thread-safe LRU shared by every session of a process.
+
+    Adding, deleting or relabelling a query reuses what is kept (only predicting and scoring
+    again); a new support set or new settings give a new key, hence a new adaptation. Kept
+    outcomes are never mutated (:func:`predict_one` copies), and ``adapt`` never writes a
+    learner's meta-parameters, so sharing them between sessions is safe. The learner itself is
+    part of each entry and compared by identity, so a reloaded checkpoint is never confused with
+    the one it replaced."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max(1, max_entries)
+        self._entries: OrderedDict[AdaptKey, tuple[Learner, AdaptOutcome]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.adaptations = 0
+        """Adaptations run through :meth:`get_or_adapt` (tests and benchmarks count them)."""
+
+    @staticmethod
+    def key(name: str, learner: Learner, fingerprint: str, settings: AdaptSettings) -> AdaptKey:
+        try:
+            resolved = settings_key(learner, settings)
+        except Exception:  # noqa: BLE001 - adapt_one reports the settings' problem as the algorithm's error
+            resolved = ("unresolved", settings)
+        return (name, id(learner), fingerprint, resolved)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: AdaptKey, learner: Learner) -> AdaptOutcome | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] is not learner:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: AdaptKey, learner: Learner, outcome: AdaptOutcome) -> None:
+        if not outcome.ok:
+            return  # a failure is retried next time (it may have been a passing problem)
+        with self._lock:
+            self._entries[key] = (learner, outcome)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def get_or_adapt(self, name: str, learner: Learner, task: PreparedTask, fingerprint: str,
+                     settings: AdaptSettings) -> AdaptOutcome:
+        key = self.key(name, learner, fingerprint, settings)
+        outcome = self.get(key, learner)
+        if outcome is None:
+            outcome = adapt_one(name, learner, task.support_x, task.support_y, task.ways, settings)
+            with self._lock:
+                self.adaptations += 1
+            self.put(key, learner, outcome)
+        return outcome
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def compare(learners: Mapping[str, Learner], support_images: ImageBatch,
@@ -280,29 +486,13 @@ def compare(learners: Mapping[str, Learner], support_images: ImageBatch,
     no synchronisation between them, unlike PyTorch's own intra-op threads, whose barriers collapse
     when the cores are shared. Each result's times are then wall times while sharing the machine.
     """
-    support_x = as_images(support_images, "support images")
-    support_y = as_labels(support_labels, support_x.shape[0], ways, "support")
-    assert support_y is not None
-    validate_support(support_y, ways)
-    query_x = as_images(query_images, "query images")
-    query_y = as_labels(query_labels, query_x.shape[0], ways, "query")
-    if query_y is not None and query_y.numel() and int(query_y.max()) >= ways:
-        raise TaskInputError(f"Query labels must lie in 0..{ways - 1} (or -1 for unknown).")
-    def run(name: str, learner: Learner) -> AlgorithmResult:
-        return run_one(name, learner, support_x, support_y, ways, query_x, _settings_for(name, settings), query_y)
-
-    if workers <= 1 or len(learners) < 2:
-        return [run(name, learner) for name, learner in learners.items()]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # Longest first: a free worker takes the next one, so the quick learners fill the tail
-        # instead of one long inner loop running alone at the end.
-        longest_first = sorted(learners,
-                               key=lambda name: -expected_cost(learners[name], _settings_for(name, settings)))
-        # Each worker runs in a copy of the caller's context, so context-local switches (the fused
-        # kernels: ``engine.kernels.fused``) hold in its threads as they do in a serial comparison.
-        futures = {name: pool.submit(contextvars.copy_context().run, run, name, learners[name])
-                   for name in longest_first}
-        return [futures[name].result() for name in learners]
+    task = prepare_task(support_images, support_labels, ways, query_images, query_labels)
+    jobs = {name: functools.partial(run_one, name, learner, task.support_x, task.support_y, ways, task.query_x,
+                                    _settings_for(name, settings), task.query_y)
+            for name, learner in learners.items()}
+    results = _in_threads(jobs, workers, {name: expected_cost(learners[name], _settings_for(name, settings))
+                                          for name in learners})
+    return [results[name] for name in learners]
 
 
 def compare_task(learners: Mapping[str, Learner], task: "Task",
@@ -334,6 +524,8 @@ def ranked(results: Sequence[AlgorithmResult]) -> list[AlgorithmResult]:
 
 
 __all__ = [
-    "AlgorithmResult", "QueryScore", "TaskInputError", "as_images", "compare", "compare_task", "effective_settings",
-    "ranked", "rescored", "run_one", "score_queries", "validate_support", "warm_up",
+    "AdaptOutcome", "AdaptedCache", "AlgorithmResult", "PreparedTask", "QueryScore", "TaskInputError", "adapt_all", "adapt_one",
+    "as_images", "compare", "compare_task", "effective_settings", "predict_all", "predict_one", "prepare_task",
+    "ranked", "rescored", "run_one", "score_queries", "settings_key", "support_fingerprint", "validate_support",
+    "warm_up",
 ]

@@ -1,0 +1,149 @@
+"""Many people at once: ``python -m tools.load_test [--sessions 8] [--rounds 3]``.
+
+One ``streamlit run`` on 127.0.0.1 and one headless Chromium with ``--sessions`` isolated browser
+contexts (each its own Streamlit session). Every session draws a 5-way 1-shot task and a query, then,
+all at the same time, ``--rounds`` times: deletes a support example, draws a new one and presses Add;
+the time from that click to the results caption of the new comparison is one sample. Bounded: the
+whole run stops after ``--limit`` seconds. Prints p50/p95/max over every sample and saves JSON
+(``--out``, default ``assets/load-<date>-cpu.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools.browser import CHROMIUM_ARGS, chromium_path, serve_app  # noqa: E402
+from tools.latency import summary  # noqa: E402
+
+WAYS = 5
+IDLE_JS = ("() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state')"
+           " === 'notRunning'")
+CAPTION_JS = ("() => [...document.querySelectorAll('[data-testid=stCaptionContainer]')].map(e => e.innerText)"
+              ".find(t => t.includes('support example')) || ''")
+UPDATED_JS = ("before => { const t = [...document.querySelectorAll('[data-testid=stCaptionContainer]')]"
+              ".map(e => e.innerText).find(t => t.includes('support example')) || '';"
+              " return t && t !== before && !document.body.innerText.includes('changed since these results'); }")
+
+
+async def idle(page: Any) -> None:
+    await page.wait_for_timeout(250)
+    await page.wait_for_function(IDLE_JS)
+
+
+async def stroke(page: Any, row: str, shape: list[list[tuple[float, float]]]) -> None:
+    canvas = page.locator(f".st-key-row-{row} canvas.ink")
+    await canvas.scroll_into_view_if_needed()
+    await page.wait_for_timeout(150)
+    box = await canvas.bounding_box()
+    for points in shape:
+        await page.mouse.move(box["x"] + points[0][0] * box["width"], box["y"] + points[0][1] * box["height"])
+        await page.mouse.down()
+        for x, y in points[1:]:
+            await page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=6)
+        await page.mouse.up()
+
+
+async def add(page: Any, row: str, shape: list[list[tuple[float, float]]], cards: int) -> None:
+    await stroke(page, row, shape)
+    await page.locator(f".st-key-row-{row} button.add").click()
+    await page.wait_for_function(
+        f"() => document.querySelectorAll('.st-key-row-{row} [class*=\"st-key-card-\"], "
+        f".st-key-row-{row} [class*=\"st-key-qcard-\"]').length >= {cards}")
+    await idle(page)
+
+
+async def session(browser: Any, url: str, rounds: int, start_together: asyncio.Barrier,
+                  samples: list[float], queued_seen: list[bool]) -> None:
+    from tests.test_browser import SHAPES
+
+    context = await browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = await context.new_page()
+    page.set_default_timeout(170_000)
+    await page.goto(url)
+    await page.wait_for_selector(".st-key-row-class-0 canvas.ink")
+    await idle(page)
+    for index in range(WAYS):
+        await add(page, f"class-{index}", SHAPES[index], 1)
+    await add(page, "queries", SHAPES[0], 1)
+    await page.locator(".st-key-predictions table").wait_for()
+    await start_together.wait()
+    for number in range(rounds):
+        await page.locator(".st-key-row-class-0 [class*='st-key-del-'] button").first.click()
+        await page.wait_for_function("() => !document.querySelector(\".st-key-row-class-0 [class*='st-key-card-']\")")
+        await idle(page)
+        before = await page.evaluate(CAPTION_JS)
+        await stroke(page, "class-0", SHAPES[(number + 1) % WAYS])
+        start = time.perf_counter()
+        await page.locator(".st-key-row-class-0 button.add").click()
+        while not await page.evaluate(UPDATED_JS, before):
+            if "ahead)" in await page.inner_text("body"):
+                queued_seen[0] = True
+            await page.wait_for_timeout(20)
+        samples.append((time.perf_counter() - start) * 1000)
+        await idle(page)
+    await context.close()
+
+
+async def drive(url: str, sessions: int, rounds: int) -> tuple[list[float], bool]:
+    from playwright.async_api import async_playwright
+
+    samples: list[float] = []
+    queued_seen = [False]
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        barrier = asyncio.Barrier(sessions)
+        await asyncio.gather(*(session(browser, url, rounds, barrier, samples, queued_seen) for _ in range(sessions)))
+        await browser.close()
+    return samples, queued_seen[0]
+
+
+def run(sessions: int, rounds: int, limit_s: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Serve the app, drive the sessions (at most ``limit_s`` seconds), return the report."""
+    if chromium_path() is None:
+        raise RuntimeError("Chromium not found (apt-get install chromium, or set $CHROMIUM)")
+    load_before = os.getloadavg()
+    with serve_app(env) as url:
+        samples, queued_seen = asyncio.run(asyncio.wait_for(drive(url, sessions, rounds), timeout=limit_s))
+    return {
+        "what": f"{sessions} simultaneous sessions, 5-way 1-shot: add a support example -> results of the new "
+                "comparison on screen (all algorithms with a checkpoint re-adapted)",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(), "sessions": sessions, "rounds": rounds,
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "add_support_example": summary(samples), "queued_note_seen": queued_seen,
+        "samples_ms": [round(v, 1) for v in samples],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--limit", type=float, default=600, help="seconds before the whole run is stopped")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    report = run(args.sessions, args.rounds, args.limit)
+    stats = report["add_support_example"]
+    print(f"{args.sessions} sessions: add support example -> results  p50 {stats['p50_ms']:.0f} ms  "
+          f"p95 {stats['p95_ms']:.0f} ms  max {stats['max_ms']:.0f} ms  (n={stats['n']}); "
+          f"'queued' note seen: {report['queued_note_seen']}")
+    print(f"load average before/after: {report['load_average_before']} / {report['load_average_after']}")
+    out = args.out or ROOT / "assets" / f"load-{datetime.date.today().isoformat()}-cpu.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()
