@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from engine.checkpoint import CheckpointError, load_learner, read_metadata
+from engine.data.augment import augment_images
 from engine.data.omniglot import (DEFAULT_PIPELINE, PIPELINES, SCHEMES_TESTING_ON_EVALUATION, SPLIT_SCHEMES,
                                   DatasetNotFoundError, load_split, load_splits)
 from engine.data.tasks import Task, alphabet_task_stream, task_stream
@@ -44,13 +46,23 @@ def score(accuracies: Sequence[float]) -> Score:
 
 
 def task_accuracies(learner: Learner, tasks: Iterable[Task], settings: AdaptSettings | None = None,
-                    transductive: bool = False, progress: bool = False, total: int | None = None) -> list[float]:
-    """Query accuracy of ``learner`` adapted to each task in turn."""
+                    transductive: bool = False, progress: bool = False, total: int | None = None,
+                    query_augment: int = 0, seed: int = 0) -> list[float]:
+    """Query accuracy of ``learner`` adapted to each task in turn. ``query_augment`` K > 0: each query's
+    probabilities averaged over the query itself and K augmented copies of it (test-time augmentation;
+    copies drawn from a generator seeded by ``seed`` and the task's index)."""
     accuracies = []
-    for task in tqdm(tasks, total=total, disable=not progress, desc="evaluating", unit="task", leave=False):
+    for index, task in enumerate(tqdm(tasks, total=total, disable=not progress, desc="evaluating", unit="task",
+                                      leave=False)):
         task = task.to(learner.device)
         adapted = learner.adapt(task.support_x, task.support_y, task.ways, settings)
         probabilities = adapted.predict_proba(task.query_x, transductive=transductive)
+        if query_augment > 0:
+            rng = np.random.default_rng((seed, index))
+            copies = augment_images(task.query_x.repeat(query_augment, 1, 1, 1), rng)
+            for copy in copies.split(task.query_x.shape[0]):  # one copy of every query at a time
+                probabilities = probabilities + adapted.predict_proba(copy, transductive=transductive)
+            probabilities = probabilities / (query_augment + 1)
         accuracies.append((probabilities.argmax(-1) == task.query_y).float().mean().item())
     return accuracies
 
@@ -74,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune", default=None,
                         help="which weights adaptation changes, for learners that offer a choice (pretrain: head "
                              "or all; default: the checkpoint's)")
+    parser.add_argument("--head-init", choices=["zero", "prototypes"], default="zero",
+                        help="the gradient learners' starting head: zero (default) or prototypes (Proto-MAML: "
+                             "step 0 is ProtoNet on the learner's backbone)")
+    parser.add_argument("--support-augment", type=int, default=0,
+                        help="test-time augmentation: adapt on the support set plus this many augmented copies of "
+                             "each image (default 0)")
+    parser.add_argument("--query-augment", type=int, default=0,
+                        help="test-time augmentation: average each query's probabilities over it and this many "
+                             "augmented copies (default 0)")
     parser.add_argument("--transductive", action="store_true",
                         help="normalise queries with the query batch's statistics (MAML paper) instead of the support set's")
     parser.add_argument("--split", choices=["evaluation", "validation"], default="evaluation",
@@ -115,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {learner.name} cannot fine-tune {args.finetune!r} (choices: {choices})", file=sys.stderr)
         return 2
     settings = AdaptSettings(steps=args.inner_steps, lr=args.inner_lr, optimizer=args.optimizer,
-                             finetune=args.finetune, undo_rising_steps=args.undo_rising_steps == "on")
+                             finetune=args.finetune, undo_rising_steps=args.undo_rising_steps == "on",
+                             head_init=args.head_init, support_augment=args.support_augment)
     # A generator, not a list: 600 tasks of 20-way 5-shot would hold ~1 GB of images at once.
     stream = alphabet_task_stream if args.within_alphabet else task_stream
     try:
@@ -123,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    result = score(task_accuracies(learner, tasks, settings, args.transductive, progress=True, total=args.tasks))
+    started = time.perf_counter()
+    result = score(task_accuracies(learner, tasks, settings, args.transductive, progress=True, total=args.tasks,
+                                   query_augment=args.query_augment, seed=args.seed))
+    seconds_per_task = (time.perf_counter() - started) / max(result.tasks, 1)  # drawing the tasks included
     steps, _, optimizer = learner.resolve_settings(settings).summary()
     steps = steps or 0  # None: no inner loop
     bn = "query-batch statistics (transductive)" if args.transductive else "support-set statistics"
@@ -132,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{learner.name} {args.ways}-way {args.shots}-shot{within}: {100 * result.accuracy:.2f}% "
           f"+/- {100 * result.ci95:.2f}% (95% CI over {result.tasks} tasks, {steps} inner steps"
           f"{'' if optimizer is None else f' ({optimizer})'}{finetune}, "
-          f"batch norm: {bn}; {args.pipeline} pipeline)")
+          f"batch norm: {bn}; {args.pipeline} pipeline; head {args.head_init}, support augment "
+          f"{args.support_augment}, query augment {args.query_augment}; {seconds_per_task:.3f} s/task)")
     if args.json is not None:
         payload = {"algorithm": learner.name, "ways": args.ways, "shots": args.shots, "queries": args.queries,
                    "tasks": result.tasks, "accuracy": result.accuracy, "ci95": result.ci95, "inner_steps": steps,
@@ -140,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "transductive": args.transductive, "finetune": args.finetune, "split": args.split,
                    "split_scheme": args.split_scheme, "within_alphabet": args.within_alphabet,
                    "pipeline": args.pipeline, "undo_rising_steps": args.undo_rising_steps == "on",
+                   "head_init": args.head_init, "support_augment": args.support_augment,
+                   "query_augment": args.query_augment, "seconds_per_task": seconds_per_task,
+                   "threads": torch.get_num_threads(), "device": str(device),
                    "seed": args.seed, "checkpoint": str(args.checkpoint)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

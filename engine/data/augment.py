@@ -3,12 +3,13 @@ and shifted character, drawn with a thinner or thicker pen.
 
 Applied by the trainer to every image of every meta-training episode (support and queries), with
 parameters drawn per image from the trainer's NumPy generator, so a run is reproducible and a resumed
-run continues the same sequence. Evaluation and the app never augment.
+run continues the same sequence. Evaluation and the app augment only when asked to (test-time augmentation: ``augmented_support``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 
 import numpy as np
@@ -78,3 +79,19 @@ def augment_task(task: Task, rng: np.random.Generator, strength: float = 1.0) ->
     augmented = augment_images(both, rng, strength)
     support = task.support_x.shape[0]
     return dataclasses.replace(task, support_x=augmented[:support], query_x=augmented[support:])
+
+
+def augmented_support(support_x: Tensor, support_y: Tensor, copies: int,
+                      strength: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Test-time augmentation: the support set followed by ``copies`` augmented copies of each image
+    (labels repeated). Seeded by the support set's own bytes, so the same support set always gets the
+    same copies, whatever was adapted before it. ``copies`` 0: the support set itself."""
+    if copies < 0:
+        raise ValueError(f"support augmentation copies must be >= 0, got {copies}")
+    if copies == 0:
+        return support_x, support_y
+    digest = hashlib.blake2b(support_x.detach().cpu().numpy().tobytes()
+                             + support_y.detach().cpu().numpy().tobytes(), digest_size=8).digest()
+    rng = np.random.default_rng(int.from_bytes(digest, "little"))
+    extra = augment_images(support_x.repeat(copies, 1, 1, 1), rng, strength)
+    return torch.cat([support_x, extra]), torch.cat([support_y, support_y.repeat(copies)])

@@ -64,6 +64,13 @@ class AdaptSettings:
     # Take back an inner step that raises the support loss (and halve the step size after it), so
     # a step size too large for a task cannot blow the weights up mid-loop; False: every step stands.
     undo_rising_steps: bool = True
+    # The gradient learners' starting head: "zero" (every class equal) or "prototypes" (Proto-MAML,
+    # Triantafillou et al. 2020: class k's weights 2*c_k and bias -||c_k||^2, c_k its mean support
+    # embedding, so step 0 is ProtoNet on the learner's backbone). Others ignore it.
+    head_init: str = "zero"
+    # Test-time augmentation: the support set extended with this many augmented copies of each
+    # image (engine.data.augment.augmented_support, seeded by the support set itself) before adapting.
+    support_augment: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,10 @@ class ResolvedSettings:
     finetune: str | None = None
     # Whether a step that raises the support loss is taken back (None without an inner loop).
     undo_rising_steps: bool | None = None
+    # The starting head (AdaptSettings.head_init) and augmented copies per support image (None without
+    # an inner loop).
+    head_init: str | None = None
+    support_augment: int | None = None
 
     def summary(self) -> tuple[int | None, float | str | None, str | None]:
         """(steps, lr, optimizer), as the app and reports show them."""

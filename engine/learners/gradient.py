@@ -16,11 +16,12 @@ from torch import Tensor
 
 from engine import kernels
 from engine.config import TrainConfig
+from engine.data.augment import augmented_support
 from engine.data.tasks import Task
 from engine.learners.base import (
     AdaptSettings, Adapted, Learner, LearnerConfig, ResolvedSettings, StepRecord, Stopwatch, accuracy,
 )
-from engine.nets import Params, classify, zero_head
+from engine.nets import Params, classify, embed, zero_head
 from engine.optim import INNER_OPTIMIZERS, InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
 
 # Meta-parameters that are not network weights (e.g. Meta-SGD's learning rates) carry this prefix;
@@ -38,6 +39,8 @@ SATURATED_LOGIT_GAP = 100.0
 # Each step the undo guard takes back halves the step size; this many halvings (the step size cut to
 # 1/32 of the one asked for) say that the step size asked for diverges.
 DIVERGED_HALVINGS = 5
+# AdaptSettings.head_init's values: the zero head, or Proto-MAML's prototype head (``prototype_head``).
+HEAD_INITS = ("zero", "prototypes")
 
 
 @dataclass
@@ -134,6 +137,15 @@ def stalled_warning(trace: list[StepRecord]) -> str | None:
             "overshot and was refused), so the weights are where they started. Lower the learning rate.")
 
 
+def prototype_head(support_features: Tensor, support_y: Tensor, ways: int) -> Params:
+    """Proto-MAML's head (Triantafillou et al. 2020): weights 2*c_k, bias -||c_k||^2 for the mean
+    support embedding c_k of class k. Its logits 2 c_k.f - ||c_k||^2 = ||f||^2 - ||f - c_k||^2 differ from
+    ProtoNet's -||f - c_k||^2 by a per-image constant: the same probabilities."""
+    one_hot = torch.nn.functional.one_hot(support_y, ways).to(support_features.dtype)
+    centres = (one_hot.T @ support_features) / one_hot.sum(dim=0).clamp_min(1.0).unsqueeze(1)
+    return {"head.weight": 2.0 * centres, "head.bias": -centres.pow(2).sum(dim=1)}
+
+
 def scaled(lr: LearningRate, factor: float) -> LearningRate:
     """``lr`` times ``factor``, per entry for per-weight rates."""
     if factor == 1.0:
@@ -193,6 +205,10 @@ class GradientLearner(Learner):
 
     def resolve_settings(self, settings: AdaptSettings | None = None) -> ResolvedSettings:
         settings = settings or AdaptSettings()
+        if settings.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {settings.head_init!r}")
+        if settings.support_augment < 0:
+            raise ValueError(f"support_augment must be >= 0, got {settings.support_augment}")
         shown = self.inner_lr(settings)
         lr: float | str
         if isinstance(shown, dict):
@@ -204,7 +220,8 @@ class GradientLearner(Learner):
             step_sizes = {name: rate.detach() for name, rate in step_sizes.items()}
         return ResolvedSettings(steps=self.default_test_steps() if settings.steps is None else settings.steps,
                                 lr=lr, step_sizes=step_sizes, optimizer=settings.optimizer or self.default_optimizer(),
-                                finetune=self.finetune_mode(settings), undo_rising_steps=settings.undo_rising_steps)
+                                finetune=self.finetune_mode(settings), undo_rising_steps=settings.undo_rising_steps,
+                                head_init=settings.head_init, support_augment=settings.support_augment)
 
     def gradient_transform(self, meta_params: Params) -> GradientTransform | None:
         """A meta-learned map applied to every inner-loop gradient (None: the gradient as it is)."""
@@ -226,8 +243,22 @@ class GradientLearner(Learner):
         through them): the meta-parameters' values plus a zero head, all requiring grad."""
         return self.initial_weights({k: v.requires_grad_(True) for k, v in self.detached_params().items()}, ways)
 
+    def prototype_start(self, start: Params, support_x: Tensor, support_y: Tensor, ways: int) -> Params:
+        """``start`` with its zero head replaced by ``prototype_head`` of the support embedding at
+        ``start``'s backbone (batch statistics of the support set, as the inner loop's support pass)."""
+        network = {k: v.detach() for k, v in start.items() if not k.startswith("head.")}
+        with torch.no_grad():
+            if kernels.applies(network, self.backbone, head=False):
+                features, _ = kernels.support_embedding(network, support_x, self.backbone)
+            else:
+                features = embed(network, support_x, self.backbone)
+        head = {k: v.requires_grad_(True) for k, v in prototype_head(features, support_y, ways).items()}
+        return {**{k: v for k, v in start.items() if not k.startswith("head.")}, **head}
+
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:
-        """``steps`` optimizer steps on the support loss from the meta-learned weights and a zero head.
+        """``steps`` optimizer steps on the support loss from the meta-learned weights and a zero head
+        (or, with ``head_init="prototypes"``, Proto-MAML's prototype head), on the support set extended
+        by ``support_augment`` augmented copies of each image (the trace is on that extended set).
 
         With ``undo_rising_steps`` (the default) a step that raises the support loss (or makes it
         non-finite) is taken back and the step size halved for the steps after it, so the loop keeps
@@ -239,6 +270,8 @@ class GradientLearner(Learner):
         resolved = self.resolve_settings(settings)
         steps, lr, optimizer_name = resolved.steps, resolved.step_sizes, resolved.optimizer
         assert steps is not None and lr is not None and optimizer_name is not None
+        assert resolved.support_augment is not None
+        support_x, support_y = augmented_support(support_x, support_y, resolved.support_augment)
         optimizer = make_inner_optimizer(optimizer_name)
         transform = self.gradient_transform(self.detached_params())
         watch = Stopwatch(self.device)
@@ -249,6 +282,10 @@ class GradientLearner(Learner):
         halvings = 0  # steps the guard took back
         with torch.enable_grad():
             fast = self.detached_start(ways)
+            if resolved.head_init == "prototypes":
+                # Not the zero head: the fused kernels' zero-head shortcut (no step-0 backbone backward)
+                # tests the head's gradient itself, so it is not taken here.
+                fast = self.prototype_start(fast, support_x, support_y, ways)
             problem = self.inner_problem(support_x, support_y, fast)
             kept: Params = fast
             kept_pass: kernels.SupportPass | None = None

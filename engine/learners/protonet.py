@@ -18,6 +18,7 @@ from engine.learners.base import (
     About, AdaptSettings, Adapted, Learner, MetaLoss, PaperReference, StepRecord, Stopwatch, accuracy,
     non_finite_warning, query_meta_loss, register_learner,
 )
+from engine.data.augment import augmented_support
 from engine.nets import Params, embed
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ class ProtoNet(Learner):
     @torch.no_grad()
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int, settings: AdaptSettings | None = None) -> Adapted:
         watch = Stopwatch(self.device)
+        if settings is not None:  # test-time augmentation: prototypes over augmented copies too
+            support_x, support_y = augmented_support(support_x, support_y, settings.support_augment)
         params = self.detached_params()
         backbone = self.backbone
         stats: list[kernels.LayerStats] | None = None
