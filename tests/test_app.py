@@ -1,7 +1,7 @@
 """The Streamlit app, driven headlessly with streamlit.testing (AppTest).
 
 Drawings are injected the way the drawing pad sends them (its component state in
-``st.session_state``), uploads go through the real file uploaders, and every bad input of the issue
+``st.session_state``), uploads go through the real file uploaders, and every bad input the app must handle
 is checked for a clear message next to its cause, with nothing already drawn lost and no traceback.
 Checkpoints are tiny untrained models written to a temp folder (``META_PLAYGROUND_MODELS``).
 """
