@@ -1,6 +1,6 @@
 """tools/load_test.py: 8 headless sessions against one ``streamlit run`` on loopback, bounded.
 
-Slow (``--run-slow``); tiny checkpoints, one round each, stopped after 150 s. It checks that every
+Slow (``--run-slow``); tiny checkpoints, one round each, stopped after 400 s. It checks that every
 session got the results of its comparison (none starved or lost in the shared queue); the figures
 against the 2 s target come from the full run in docs/performance.md, on the shipped models."""
 
@@ -17,7 +17,7 @@ from tools.browser import chromium_path
 
 pytestmark = pytest.mark.slow
 SESSIONS = 8
-LIMIT_S = 150
+LIMIT_S = 400  # bounded; 150 s was exceeded with the full suite sharing the 2 cores
 
 
 def test_eight_sessions_at_once_all_get_their_results(tmp_path: Path) -> None:

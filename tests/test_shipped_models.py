@@ -90,7 +90,8 @@ def test_models_tracks_only_shipped_checkpoints_and_evaluations() -> None:
     """models/ holds, per shipped algorithm, its checkpoint, metadata and curve image; the evaluations and
     run summaries in eval/; and its four documents and scripts: no training state, no candidate run folder."""
     tracked = tracked_files("models")
-    documents = {"models/README.md", "models/RESULTS.md", "models/train.sh", "models/train_round_robin.sh"}
+    documents = {"models/README.md", "models/RESULTS.md", "models/train.sh", "models/train_round_robin.sh",
+                 "models/eval/levers/run.sh"}  # the command behind the test-time lever evaluations beside it
     checkpoint_file = re.compile(rf"models/({'|'.join(LEARNERS)})/({'|'.join(map(re.escape, results.SHIPPED_FILES))})")
     evaluation_file = re.compile(r"models/eval/[^/]+/[^/]+\.json|models/eval/[^/]+/curve\.png")
     stray = [path for path in tracked
