@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from engine.data.frames import IMAGE_SIZE, SOURCE_SIZE, from_uint8, omniglot_to_28, to_uint8
+from engine.data.frames import IMAGE_SIZE, from_uint8, omniglot_to_28, to_uint8
 from engine.data.preprocess import ImagePreprocessError, preprocess_image
 from engine.paths import cache_dir, resolve_data_dir
 
@@ -175,7 +175,7 @@ def decode_drawing(png_bytes: bytes, pipeline: Pipeline = DEFAULT_PIPELINE) -> n
 
     ``canonical`` gives exactly the values the app computes for the same PNG uploaded by a user
     (:func:`preprocess_image` quantises to uint8 levels too). A drawing the user pipeline cannot read
-    (none in Omniglot's 32,460) would fall back to the plain resize rather than lose a character.
+    falls back to the plain resize rather than losing a character (how many do is not counted yet).
     """
     if check_pipeline(pipeline) == "canonical":
         try:
