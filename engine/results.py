@@ -44,6 +44,7 @@ from engine.data.download import file_digest
 from engine.data.omniglot import VALIDATION_SOURCES
 from engine.learners import LEARNERS, AdaptSettings, PaperReference
 from engine.paths import REPO_ROOT
+from engine.results_targets import EvaluatedRun, TargetContext, read_levers, render_targets
 from engine.config import LEGACY_TRAIN_SETTINGS, TrainConfig
 
 
@@ -722,6 +723,8 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
                      f"{link} |")
     for section, section_candidates in (candidates or {}).items():
         lines += candidate_section(models, section, section_candidates, evaluations)
+    lines += render_targets(evaluated_runs(shipped, evaluations, transductive or {}, candidates or {}),
+                            target_context(), read_levers(models / "eval" / "levers"), tasks)
     notes = [f"* **{run.algorithm}** {LEARNERS[run.algorithm].about.notes}" for run in shipped
              if LEARNERS[run.algorithm].about.notes]
     if notes:
@@ -731,6 +734,29 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
               "runs/ALGORITHM` to ship it. The JSON beside each checkpoint records the seed, the git commit, the "
               "dataset's checksum and the wall-clock time and hardware of every training piece.", ""]
     return "\n".join(lines)
+
+
+def evaluated_runs(shipped: Sequence[Run], evaluations: Mapping[str, dict[Setting, dict[str, Any]]],
+                   transductive: Mapping[str, dict[Setting, dict[str, Any]]],
+                   candidates: Mapping[CandidateSection, Sequence[Candidate]]) -> list[EvaluatedRun]:
+    """Every shipped and candidate run with its evaluations, as the targets section reads them."""
+    runs = [EvaluatedRun(run.name, run.algorithm, False, evaluations.get(run.name, {}), transductive.get(run.name, {}),
+                         hours=training_status(run)["seconds"] / 3600, shipped=True) for run in shipped]
+    for section, section_candidates in candidates.items():
+        for candidate in section_candidates:
+            change = section.describe(candidate.changed) or section.heading.lower()
+            runs.append(EvaluatedRun(candidate.run.name, candidate.run.algorithm, section is PAPERS_SPLIT,
+                                     candidate.results, candidate.transductive, change,
+                                     training_status(candidate.run)["seconds"] / 3600))
+    return runs
+
+
+def target_context() -> TargetContext:
+    """Which learners adapt by gradient steps, and each paper's label, figures and protocol."""
+    papers = {name: (reference.label, figures(name), reference.transductive)
+              for name in LEARNERS if (reference := paper(name)) is not None and figures(name)}
+    gradient = [name for name, learner in LEARNERS.items() if learner.has_inner_loop]
+    return TargetContext(gradient, papers)
 
 
 # -- publishing --------------------------------------------------------------------------------
