@@ -10,7 +10,8 @@ checkpoint into ``<models>/<algorithm>/``. Candidate runs stay in ``runs/``. For
 and every setting (5-way 1-shot, 5-way 5-shot, 20-way 1-shot, 20-way 5-shot, and 20-way 1-shot with every class
 from one alphabet) it runs ``python -m engine.evaluate`` on ``--tasks`` evaluation-split tasks, on the image
 pipeline the checkpoint was trained on, with the papers' plain inner loop (``--undo-rising-steps off``), and
-stores the JSON in ``<models>/eval/<run>/``
+stores the JSON in ``<models>/eval/<run>/``; a shipped run whose candidate changes the pipeline is also
+evaluated through the app's (canonical) pipeline, the figure the candidate must beat (``*-served-canonical.json``)
 (``<run>``: the algorithm's name for a shipped run), keyed by the checkpoint's SHA-256, so a rerun only
 evaluates checkpoints that changed. What the table reads from a run folder (training time and hardware,
 steps trained, the validation curve, the configuration) goes into ``<models>/eval/<run>/run.json`` whenever
@@ -71,6 +72,8 @@ SHIPPED_FILES = ("model.safetensors", "model.json", "curve.png")
 TOLERANCE = {Setting(5, 1): 1.0, Setting(20, 1): 2.0}
 WORTH_SETTINGS = (*TOLERANCE, WITHIN_ALPHABET)
 """The settings at which a candidate is set against its shipped run."""
+SERVED_PIPELINE = "canonical"
+"""The image pipeline the app feeds every checkpoint (engine.data.preprocess's, for drawings and uploads)."""
 
 
 def paper(algorithm: str) -> PaperReference | None:
@@ -166,8 +169,10 @@ PIPELINE_AND_AUGMENTATION = CandidateSection(
         "Runs trained on the canonical image pipeline (every drawing through the app's own preprocessing,",
         "`--pipeline canonical`) and/or with handwriting augmentation (`--augment`), against the shipped run",
         "trained on the plain resize without augmentation. Each is evaluated on the pipeline it was trained",
-        "on (the app serves every checkpoint through the canonical one). Cells as above, on the same unseen",
-        "evaluation alphabets; a run listed here is not shipped (the app's checkpoints are the ones above)."),
+        "on (the app serves every checkpoint through the canonical one), and under it the shipped run as the app",
+        "serves it, through the canonical pipeline, at the settings compared: the figure a candidate must beat",
+        "to be shipped. Cells as above, on the same unseen evaluation alphabets; a run listed here is not",
+        "shipped (the app's checkpoints are the ones above)."),
     "What the pipeline and augmentation are worth", settings=("train.pipeline", "train.augment"))
 CANDIDATE_SECTIONS = (PAPERS_SPLIT, ALL_BACKGROUND, PIPELINE_AND_AUGMENTATION, OTHER_SETTINGS)
 
@@ -294,10 +299,11 @@ def section_of(run: Run, shipped: Mapping[str, Run]) -> tuple[CandidateSection, 
     return None
 
 
-def evaluation_path(models: Path, run: str, setting: Setting, transductive: bool = False) -> Path:
+def evaluation_path(models: Path, run: str, setting: Setting, transductive: bool = False,
+                    served: str | None = None) -> Path:
     """Where ``run``'s evaluation is stored (``run``: a candidate's folder name in runs/, the algorithm's
-    name for a shipped run)."""
-    suffix = "-transductive" if transductive else ""
+    name for a shipped run); ``served``: evaluated through that image pipeline instead of its own."""
+    suffix = ("-transductive" if transductive else "") + (f"-served-{served}" if served else "")
     return models / "eval" / run / f"{setting_name(*setting)}{suffix}.json"
 
 
@@ -343,13 +349,15 @@ def shown_path(path: Path) -> str:
 
 
 def evaluate_checkpoint(models: Path, run: Run, setting: Setting, tasks: int,
-                        data_dir: str | None, device: str, transductive: bool = False) -> dict[str, Any]:
+                        data_dir: str | None, device: str, transductive: bool = False,
+                        served: str | None = None) -> dict[str, Any]:
     """The stored evaluation when it matches the checkpoint and task count, else a fresh one (which needs
-    the checkpoint here), on the pipeline the checkpoint was trained on."""
+    the checkpoint here), on the pipeline the checkpoint was trained on (or on ``served``, the one the app
+    feeds it)."""
     sha = run.summary["checkpoint_sha256"]
-    path = evaluation_path(models, run.name, setting, transductive)
+    path = evaluation_path(models, run.name, setting, transductive, served)
     stored = read_json(path)
-    pipeline = trained_pipeline(run.metadata)
+    pipeline = served or trained_pipeline(run.metadata)
     if describes(stored, sha, test_settings(run.metadata), tasks, transductive, pipeline):
         return stored  # type: ignore[return-value]
     if run.checkpoint is None:
@@ -372,14 +380,15 @@ def evaluate_checkpoint(models: Path, run: Run, setting: Setting, tasks: int,
     return result
 
 
-def current_evaluations(models: Path, run: Run, transductive: bool = False) -> dict[Setting, dict[str, Any]]:
+def current_evaluations(models: Path, run: Run, transductive: bool = False,
+                        served: str | None = None) -> dict[Setting, dict[str, Any]]:
     """Stored evaluations that still describe ``run``'s checkpoint (same SHA-256, test settings, pipeline)."""
     settings = test_settings(run.metadata)
-    stored = {setting: read_json(evaluation_path(models, run.name, setting, transductive))
+    stored = {setting: read_json(evaluation_path(models, run.name, setting, transductive, served))
               for setting in (TRANSDUCTIVE_SETTINGS if transductive else SETTINGS)}
     return {setting: result for setting, result in stored.items()
             if describes(result, run.summary["checkpoint_sha256"], settings, transductive=transductive,
-                         pipeline=trained_pipeline(run.metadata))}
+                         pipeline=served or trained_pipeline(run.metadata))}
 
 
 # -- learning curves ---------------------------------------------------------------------------
@@ -590,9 +599,10 @@ class Candidate:
 
 
 def split_cost_rows(section: CandidateSection, candidates: Sequence[Candidate],
-                    ours: dict[str, dict[Setting, dict[str, Any]]]) -> list[str]:
+                    ours: Mapping[str, dict[Setting, dict[str, Any]]], against: str = "") -> list[str]:
     """Per run of ``section`` whose algorithm ships too: what the change is worth at the targets' settings
-    (the run minus the shipped one, in points), and the target verdicts of both."""
+    (the run minus the shipped one, in points), and the target verdicts of both; ``against`` says how the
+    shipped one was evaluated when not as in the main table."""
     lines = []
     for candidate in candidates:
         algorithm, results = candidate.run.algorithm, candidate.results
@@ -606,17 +616,21 @@ def split_cost_rows(section: CandidateSection, candidates: Sequence[Candidate],
     if not lines:
         return []
     names = [setting_heading(s) for s in WORTH_SETTINGS]
-    return ["", f"{section.worth}, in points ({section.name} minus ours, support-set batch norm), and the",
-            "targets judged on each:", "",
+    return ["", f"{section.worth}, in points ({section.name} minus ours{against}, support-set batch norm),",
+            "and the targets judged on each:", "",
             "| run | " + " | ".join(f"{name}: {section.name} − ours" for name in names)
             + f" | targets on {section.name} | targets on ours |", "|" + "---|" * (len(names) + 3), *lines]
 
 
 def candidate_section(models: Path, section: CandidateSection, candidates: Sequence[Candidate],
-                      ours: dict[str, dict[Setting, dict[str, Any]]]) -> list[str]:
+                      ours: dict[str, dict[Setting, dict[str, Any]]],
+                      served: Mapping[str, tuple[str, dict[str, Any], dict[Setting, dict[str, Any]]]] | None = None
+                      ) -> list[str]:
     """RESULTS.md's table of the runs of ``section`` (with whatever evaluations they have, and transductive
     ones where made), each beside its paper, and what the change is worth against the shipped runs'
-    evaluations (``ours``)."""
+    evaluations (``ours``). ``served``: per algorithm, the shipped run evaluated through another image
+    pipeline (pipeline, training status, evaluations), shown under the candidate and compared with it too."""
+    served = served or {}
     if not candidates:
         return []
     lines = ["", f"## {section.heading}", "", *section.intro, "",
@@ -630,8 +644,16 @@ def candidate_section(models: Path, section: CandidateSection, candidates: Seque
         change = section.describe(candidate.changed)
         lines += our_rows(run.name, f"({run.algorithm}, ours{'; ' + change if change else ''})", run.algorithm,
                           training_status(run), candidate.results, candidate.transductive, link)
+        if run.algorithm in served:
+            pipeline, status, results = served[run.algorithm]
+            lines += our_rows(run.algorithm, f"(shipped, ours) through the {pipeline} pipeline, as the app serves it",
+                              run.algorithm, status, results)
         lines += published_rows(run.algorithm)
     lines += split_cost_rows(section, candidates, ours)
+    served_pipelines = sorted({pipeline for pipeline, _, _ in served.values()})
+    if served_pipelines:
+        lines += split_cost_rows(section, candidates, {name: results for name, (_, _, results) in served.items()},
+                                 f" through the {listing(served_pipelines)} pipeline, as the app serves it")
     lines.append("")
     lines.append("Training: `bash models/train.sh RUN` (into runs/RUN); the configuration, validation accuracy, "
                  "time and learning curve of each run in models/eval/RUN/run.json.")
@@ -640,10 +662,12 @@ def candidate_section(models: Path, section: CandidateSection, candidates: Seque
 
 def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, dict[Setting, dict[str, Any]]],
                  tasks: int, transductive: dict[str, dict[Setting, dict[str, Any]]] | None = None,
-                 candidates: Mapping[CandidateSection, Sequence[Candidate]] | None = None) -> str:
+                 candidates: Mapping[CandidateSection, Sequence[Candidate]] | None = None,
+                 served: Mapping[str, dict[Setting, dict[str, Any]]] | None = None) -> str:
     """RESULTS.md: the evaluated checkpoints beside the papers, then the training state of every
     ``shipped`` run, then the candidate runs of each section. ``evaluations`` and ``transductive`` hold the
-    shipped runs' evaluations by algorithm."""
+    shipped runs' evaluations by algorithm; ``served`` the shipped runs' evaluations through the app's pipeline
+    (the canonical one), made where a candidate of the pipeline section needs them."""
     transductive_names = [f"`{name}`" for name in LEARNERS if transductive_row(name)]
     must_match_names = [f"`{name}`" for name in LEARNERS if (reference := paper(name)) is not None and reference.must_match]
     header = ("| algorithm | " + " | ".join(setting_heading(s) for s in SETTINGS)
@@ -722,7 +746,10 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
                      f"{finish} | {schedule} | {target_time(algorithm, results, status, validation_curve(run))} | "
                      f"{link} |")
     for section, section_candidates in (candidates or {}).items():
-        lines += candidate_section(models, section, section_candidates, evaluations)
+        shown = ({name: (SERVED_PIPELINE, training_status(by_name[name]), results)
+                  for name, results in (served or {}).items() if results}
+                 if section is PIPELINE_AND_AUGMENTATION else None)
+        lines += candidate_section(models, section, section_candidates, evaluations, shown)
     lines += render_targets(evaluated_runs(shipped, evaluations, transductive or {}, candidates or {}),
                             target_context(), read_levers(models / "eval" / "levers"), tasks)
     notes = [f"* **{run.algorithm}** {LEARNERS[run.algorithm].about.notes}" for run in shipped
@@ -841,9 +868,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         draw_curve(run, curve_path(models, run, shipped=False))
         sections[section].append(Candidate(run, changed, results_of(run),
                                            results_of(run, True) if transductive_row(run.algorithm) else {}))
+    served: dict[str, dict[Setting, dict[str, Any]]] = {}
+    for candidate in sections[PIPELINE_AND_AUGMENTATION]:
+        base = by_algorithm.get(candidate.run.algorithm)
+        if base is None or base.name in served or trained_pipeline(base.metadata) == SERVED_PIPELINE:
+            continue
+        if candidate.run.name in requested and base.checkpoint is not None:
+            served[base.name] = {setting: evaluate_checkpoint(models, base, setting, args.tasks, args.data_dir,
+                                                              args.device, served=SERVED_PIPELINE)
+                                 for setting in WORTH_SETTINGS}
+        else:
+            served[base.name] = current_evaluations(models, base, served=SERVED_PIPELINE)
     models.mkdir(parents=True, exist_ok=True)
     (models / "RESULTS.md").write_text(render_table(models, shipped, evaluations, args.tasks, transductive,
-                                                    sections), encoding="utf-8")
+                                                    sections, served), encoding="utf-8")
     print(f"wrote {models / 'RESULTS.md'}")
     return 0
 

@@ -416,3 +416,41 @@ def test_a_run_on_the_canonical_pipeline_is_evaluated_on_it_and_compared_in_its_
     assert "| anything | — | +3.00 | — | " in section
     # The shipped run's legacy evaluation still describes it (it trained on the legacy pipeline).
     assert "| **protonet** (ours) | not evaluated | not evaluated | 90.00 ± 0.30 |" in table
+
+
+def test_a_pipeline_candidate_is_also_set_against_the_shipped_run_as_the_app_serves_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluating a canonical-pipeline candidate also evaluates its shipped run (trained on the legacy
+    pipeline) through the canonical one, at the compared settings, into files of their own; RESULTS.md
+    shows that row under the candidate and the candidate's gain against it."""
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    fake_run(runs / "protonet-canonical", "protonet", 10, 40, pipeline="canonical", augment=1.0)
+    store_evaluation(models, "protonet", fake_run(models / "protonet", "protonet", 10, 40), 20, 0.90)
+    calls: list[list[str]] = []
+
+    def fake_evaluate(argv: list[str]) -> int:
+        calls.append(argv)
+        candidate = "runs" in argv[argv.index("--checkpoint") + 1]
+        Path(argv[argv.index("--json") + 1]).write_text(json.dumps(
+            {"algorithm": "protonet", "ways": int(argv[argv.index("--ways") + 1]), "shots": 1, "tasks": 7,
+             "accuracy": 0.95 if candidate else 0.94, "ci95": 0.01, "inner_steps": 0, "optimizer": None,
+             "transductive": False, "pipeline": argv[argv.index("--pipeline") + 1]}))
+        return 0
+
+    monkeypatch.setattr(results.evaluate, "main", fake_evaluate)
+    assert results.main(["--models", str(models), "--runs", str(runs), "--tasks", "7",
+                         "--algorithms", "protonet-canonical"]) == 0
+    served = [argv for argv in calls if "runs" not in argv[argv.index("--checkpoint") + 1]]
+    assert len(served) == len(results.WORTH_SETTINGS)
+    assert all(argv[argv.index("--pipeline") + 1] == "canonical" for argv in served)
+    served_file = results.evaluation_path(models, "protonet", results.Setting(20, 1), served="canonical")
+    assert served_file.exists() and served_file != results.evaluation_path(models, "protonet", results.Setting(20, 1))
+    table = (models / "RESULTS.md").read_text()
+    assert "| **protonet** (ours) | not evaluated | not evaluated | 90.00 ± 0.30 |" in table  # its own pipeline
+    section = table.split("## One image pipeline and augmentation")[1]
+    assert "| **protonet** (shipped, ours) through the canonical pipeline, as the app serves it | 94.00 ± 1.00 |" in section
+    assert "| protonet-canonical | +1.00 | +1.00 | +1.00 | " in section  # against the served evaluations
+    assert "| protonet-canonical | — | +5.00 | — | " in section  # against the main table's (legacy pipeline)
+    # Rendered again from the stored JSON alone, nothing is evaluated and the same table comes out.
+    calls.clear()
+    assert render(models, runs) == table and not calls
