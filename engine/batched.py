@@ -21,8 +21,10 @@ rounding (``tests/test_batched.py``); the trace's times are each network's share
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +35,21 @@ from engine import kernels
 from engine.learners.base import AdaptSettings, Adapted, Learner, StepRecord, Stopwatch
 from engine.learners.gradient import GradientLearner, GradientTransform, finished_adaptation, frozen_entries
 from engine.nets import BN_EPS, BackboneConfig, Params
+
+
+# Whether comparisons in the current context (thread) batch inner loops: see ``batching``.
+_BATCHING: contextvars.ContextVar[bool] = contextvars.ContextVar("engine_batched_loops", default=True)
+
+
+@contextlib.contextmanager
+def batching(on: bool) -> Iterator[None]:
+    """Switch batched inner loops on or off for the code inside, in this thread's context only
+    (the benchmark times the per-learner path with it off)."""
+    token = _BATCHING.set(on)
+    try:
+        yield
+    finally:
+        _BATCHING.reset(token)
 
 
 @dataclass(frozen=True)
@@ -54,7 +71,7 @@ class BatchPlan:
 def batch_plan(learner: Learner, ways: int, settings: AdaptSettings | None) -> BatchPlan | None:
     """The learner's batched-loop plan, or None when it must adapt on its own (anything in its
     adaptation that the batched loop does not do exactly as ``GradientLearner.adapt``)."""
-    if not isinstance(learner, GradientLearner) or not kernels.enabled():
+    if not isinstance(learner, GradientLearner) or not kernels.enabled() or not _BATCHING.get():
         return None
     # Its own adapt and inner problem (not iMAML's proximal one), also on the instance (a wrapper).
     if (getattr(learner.adapt, "__func__", None) is not GradientLearner.adapt
@@ -277,4 +294,4 @@ def adapt_together(plans: Sequence[BatchPlan], support_x: Tensor, support_y: Ten
     return adapted
 
 
-__all__ = ["BatchPlan", "adapt_together", "batch_plan", "batchable_groups", "stack", "unstack"]
+__all__ = ["BatchPlan", "adapt_together", "batch_plan", "batchable_groups", "batching", "stack", "unstack"]

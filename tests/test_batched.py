@@ -99,6 +99,9 @@ def test_what_the_batched_loop_does_not_do_exactly_adapts_on_its_own() -> None:
         assert batched.batch_plan(maml, 3, settings) is None, settings
     with kernels.fused(False):
         assert batched.batch_plan(maml, 3, AdaptSettings()) is None
+    with batched.batching(False):
+        assert batched.batch_plan(maml, 3, AdaptSettings()) is None
+    assert batched.batch_plan(maml, 3, AdaptSettings()) is not None
     for name in ("imaml", "protonet"):  # a proximal problem (and armijo); no inner loop
         assert batched.batch_plan(LEARNERS[name](backbone=backbone), 3, AdaptSettings()) is None, name
     # Pretrain's default linear probe freezes the backbone (its own path embeds once); fine-tuning all joins.
