@@ -700,16 +700,27 @@ def print_run(run: dict[str, Any], shapes: Sequence[str]) -> None:
               f"{cells(compare_rows, 'all_defaults_per_learner')} |")
         if worker_rows:
             print(f"| ... with {workers} workers (batched) | {cells(worker_rows, 'all_defaults')} |")
+    if not run["meta"]:
+        print("\n(meta-training steps not timed: --sections)")
+    else:
+        print_meta(run["meta"])
+    print_peers_and_budgets(run)
+
+
+def print_meta(rows: list[dict[str, Any]]) -> None:
     print("\nMeta-training step (zero_grad + meta_loss + backward + optimizer step; median ms, peak memory)\n")
     print("| algorithm | batch | step (CPU) | peak RSS | step's own peak |")
     print("|---|---|---:|---:|---:|")
-    for row in run["meta"]:
+    for row in rows:
         if "error" in row:
             print(f"| {row['label']} | {row['config']} | error: {row['error']} | | |")
             continue
         print(f"| {row['label']} | {row['config']} | {fmt(row['ms'])} ms ({fmt(row.get('cpu_ms'))}) | "
               f"{fmt(row.get('peak_mb'), ' MB')} | "
               f"{fmt(row.get('step_peak_mb'), ' MB')} |")
+
+
+def print_peers_and_budgets(run: dict[str, Any]) -> None:
     peers = run.get("peers")
     if peers:
         print(f"\nSame task, same weights: 5w1s adaptation ({ADAPT_STEPS} steps + {QUERIES} queries) and the MAML "

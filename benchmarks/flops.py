@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -38,9 +38,24 @@ def _slow_conv2d_flop(x_shape: torch.Size, w_shape: torch.Size, kernel_size: Any
     return 2 * out_elements * per_output
 
 
+def _convolution_backward_flop(grad_out_shape: torch.Size, x_shape: torch.Size, w_shape: torch.Size, bias: Any,
+                               stride: Any, padding: Any, dilation: Any, transposed: bool, output_padding: Any,
+                               groups: int, output_mask: Sequence[bool], out_shape: Any = None, **kwargs: Any) -> int:
+    """A convolution's backward: the forward's FLOPs for each of the input's and the weight's
+    gradients asked for. (torch's formula ignores ``groups`` and counts a grouped convolution's
+    backward ``groups`` times over; the stacked networks of ``engine.batched`` run grouped ones.)"""
+    if transposed:
+        raise NotImplementedError("transposed convolutions are not used here")
+    forward = 2 * int(grad_out_shape[0]) * int(w_shape[0])  # images x output channels
+    for size in (*grad_out_shape[2:], *w_shape[1:]):  # output positions, inputs per output (C_in / groups, kernel)
+        forward *= int(size)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def count_flops(call: Callable[[], object]) -> int:
     """FLOPs of the matrix products and convolutions ``call`` runs (one call, counted, not timed)."""
-    with FlopCounterMode(display=False, custom_mapping={aten._slow_conv2d_forward: _slow_conv2d_flop}) as counter:
+    formulas = {aten._slow_conv2d_forward: _slow_conv2d_flop, aten.convolution_backward: _convolution_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=formulas) as counter:
         call()
     return int(counter.get_total_flops())
 

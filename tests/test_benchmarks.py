@@ -120,6 +120,15 @@ def test_flop_counts_are_the_convolutions_and_products_arithmetic() -> None:
     x, weight = torch.randn(5, 8, 14, 14), torch.randn(16, 8, 3, 3)
     # 2 FLOPs per multiply-add: 5 images x 16 x 7 x 7 outputs of 8 x 3 x 3 each.
     assert count_flops(lambda: F.conv2d(x, weight, stride=2, padding=1)) == 2 * 5 * 16 * 7 * 7 * 8 * 9
+    # A backward counts the forward's FLOPs once per gradient asked for, grouped convolutions too
+    # (engine.batched's stacked networks): three stacked networks are three networks' work.
+    grad = torch.randn(5, 16, 7, 7)
+    assert count_flops(lambda: torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False])) == 2 * 2 * 5 * 16 * 7 * 7 * 8 * 9
+    stacked_x, stacked_w, stacked_grad = torch.randn(5, 24, 14, 14), torch.randn(48, 8, 3, 3), torch.randn(5, 48, 7, 7)
+    assert count_flops(lambda: torch.ops.aten.convolution_backward(
+        stacked_grad, stacked_x, stacked_w, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 3,
+        [False, True, False])) == 3 * 2 * 5 * 16 * 7 * 7 * 8 * 9
     one_channel = torch.randn(5, 1, 28, 28)  # PyTorch's im2col kernel, which the Conv-4's first layer uses
     assert count_flops(lambda: torch.ops.aten._slow_conv2d_forward(
         one_channel, torch.randn(16, 1, 3, 3), [3, 3], None, [2, 2], [1, 1])) == 2 * 5 * 16 * 14 * 14 * 9
