@@ -1,6 +1,7 @@
 """How fast are adaptation and meta-training, against learn2learn, higher and a naive reference?
 
     python -m benchmarks.bench [--json FILE] [--repeats N] [--threads 1,2] [--quick] [--skip-peers] [--device cuda]
+                               [--sections adaptation,compare,workers,meta,peers] [--shapes 5w1s,5w5s,20w1s]
 
 With the peers: ``bash benchmarks/bench_peers.sh`` once (creates ``.venv-bench``), then
 ``.venv-bench/bin/python -m benchmarks.bench``. In ``.venv`` the peers are reported unavailable and
@@ -11,7 +12,10 @@ Measures, in one run on one machine, per thread count (``--threads``):
 1. adaptation latency of every registered algorithm (``engine.learners.LEARNERS``: a new one is
    included without edits) at 5-way 1-shot, 5-way 5-shot and 20-way 1-shot: ``learner.adapt``
    with 10 inner steps plus ``predict_proba`` on 20 queries; and all algorithms on the same task
-   as the app runs them (``engine.compare.compare``);
+   as the app runs them (``engine.compare.compare``), among them the app's default set (every
+   algorithm with its own test-time steps) with and without ``engine.batched``'s batched inner loop;
+   each row with its FLOPs and the fraction of the machine's measured peak (a large float32 matrix
+   product on the same threads, ``benchmarks.flops``) it runs at;
 2. meta-training step time (zero_grad + meta_loss + backward + optimizer step) and peak memory of
    second-order MAML (32 tasks of 5-way 1-shot with one inner step, and the configuration
    models/train.sh trains with), first-order MAML, Reptile and ProtoNet; and the latency and memory
@@ -130,7 +134,7 @@ BUDGETS: tuple[Budget, ...] = (
     Budget("... 5w1s, the app's default steps, 2 workers <= 150 ms",
            "compare_workers.5w1s.gradient+protonet defaults", 150.0),
     # The app's default set: every algorithm with a checkpoint (all registered ones), each with its own
-    # test-time steps, on one thread (issue 21: instant feedback).
+    # test-time steps, on one thread: what a user waits for after drawing a support example.
     Budget("the app's default set (all algorithms, each model's own test-time steps) on one 5w1s task, one thread "
            "<= 100 ms", "compare.5w1s.all defaults", 100.0),
     Budget("second-order MAML meta-step (32 x 5w1s, 1 query/class) <= 300 ms", "meta.maml (1 inner step).ms", 300.0),

@@ -158,3 +158,24 @@ def test_compare_uses_the_batched_loop_and_reports_what_each_learner_would(monke
             assert abs(result.probabilities - own.probabilities).max() < 1e-5
             assert (result.steps, result.lr, result.optimizer, result.warning, result.notes) == (
                 own.steps, own.lr, own.optimizer, own.warning, own.notes)
+
+
+def test_the_cache_adapts_what_it_does_not_keep_in_one_batched_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.compare import AdaptedCache, prepare_task, support_fingerprint
+
+    learners = distinct_learners(BackboneConfig(channels=4))
+    support_x, support_y, _ = task(5, 1)
+    prepared = prepare_task(support_x, support_y, 5)
+    fingerprint = support_fingerprint(prepared.support_x, prepared.support_y, 5)
+    cache = AdaptedCache(max_entries=16)
+    calls: list[int] = []
+    original = batched.adapt_together
+    monkeypatch.setattr(engine.compare.batched, "adapt_together",
+                        lambda plans, *args: calls.append(len(plans)) or original(plans, *args))
+    settings = AdaptSettings(steps=2)
+    kept = cache.get_or_adapt("maml", learners["maml"], prepared, fingerprint, settings)
+    outcomes = cache.get_or_adapt_all(learners, prepared, fingerprint, settings)
+    assert set(outcomes) == set(learners) and outcomes["maml"] is kept
+    assert calls == [len(learners) - 1] and cache.adaptations == len(learners)
+    assert cache.get_or_adapt_all(learners, prepared, fingerprint, settings) == outcomes  # all kept now
+    assert calls == [len(learners) - 1] and cache.adaptations == len(learners)
