@@ -8,7 +8,9 @@ the first layer, whose one-channel input they share, one ordinary convolution wi
 filters), whose batch norm has every network's channels side by side (per-channel statistics, so
 the same ones) and whose heads are one batched matrix product. Each operator then runs once per
 step for all of them, instead of once per learner: the per-call costs and the Python of the inner
-loop are paid once.
+loop are paid once. The first step from the zero heads moves only the heads (through a zero head the
+backbones' gradient is exactly zero), so the pass after it reuses the backbones' pass, checked
+bitwise: a one-step adaptation (Meta-SGD's, Meta-Curvature's) runs the backbones once.
 
 Only what gives the same result as ``GradientLearner.adapt`` joins a batch (:func:`batch_plan`):
 the learner's own ``adapt`` and inner problem, plain ``sgd``, the zero head, no augmentation, no
@@ -167,10 +169,21 @@ def _forward(params: Params, x: Tensor, labels: Tensor, backbone: BackboneConfig
         h = pooled
     images = x.shape[0]
     features = h.mean(dim=(2, 3)).view(images, count, -1).transpose(0, 1)
+    return _with_heads(params, features, layers, labels)
+
+
+def _with_heads(params: Params, features: Tensor, layers: list[_Layer], labels: Tensor) -> StackedPass:
+    """The pass of the heads in ``params`` on the backbones' ``features`` (and their ``layers``)."""
+    count = features.shape[0]
     logits = torch.baddbmm(params["head.bias"].unsqueeze(1), features, params["head.weight"].transpose(1, 2))
     ways = logits.shape[2]
     losses = F.cross_entropy(logits.reshape(-1, ways), labels.repeat(count), reduction="none").view(count, -1).mean(1)
     return StackedPass(losses, logits, features, layers)
+
+
+def _same_backbones(fast: Params, before: Params) -> bool:
+    """Whether every backbone entry is bitwise what it was (the heads may differ)."""
+    return all(torch.equal(value, before[name]) for name, value in fast.items() if not _is_head(name))
 
 
 def _backward(params: Params, labels: Tensor, backbone: BackboneConfig, count: int, forward: StackedPass) -> Params:
@@ -266,8 +279,16 @@ def adapt_together(plans: Sequence[BatchPlan], support_x: Tensor, support_y: Ten
     with torch.no_grad():
         fast = stack([plan.start for plan in plans])
         rates = _stacked_rates(plans, fast)
+        forward: StackedPass | None = None
+        before: Params = {}
         for step in range(steps + 1):
-            forward = _forward(fast, support_x, support_y, backbone, count)
+            if forward is not None and _same_backbones(fast, before):
+                # The step from the zero heads moves only the heads (the backbones' gradient through a
+                # zero head is exactly zero): the backbones' pass is the same, bitwise, so it is reused.
+                forward = _with_heads(fast, forward.features, forward.layers, support_y)
+            else:
+                forward = _forward(fast, support_x, support_y, backbone, count)
+            before = fast
             losses = forward.losses.tolist()
             correct = (forward.logits.argmax(dim=2) == support_y).float().mean(dim=1).tolist()
             share = watch.ms() / count
@@ -280,6 +301,7 @@ def adapt_together(plans: Sequence[BatchPlan], support_x: Tensor, support_y: Ten
                 break
             grads = _transformed(_backward(fast, support_y, backbone, count, forward), plans)
             fast = _sgd_step(fast, grads, rates)
+    assert forward is not None  # steps + 1 >= 1 passes
     networks = unstack(fast, count)
     statistics = [(layer.mean.chunk(count), layer.invstd.chunk(count)) for layer in forward.layers]
     adapted: list[Adapted | None] = []

@@ -55,14 +55,20 @@ def assert_same(batched_result: Adapted, own: Adapted, queries: torch.Tensor) ->
 
 
 @pytest.mark.parametrize(("shots", "downsample"), [(1, "stride"), (2, "stride"), (1, "maxpool")])
-def test_batched_loop_matches_each_learners_own_adapt(shots: int, downsample: str) -> None:
+def test_batched_loop_matches_each_learners_own_adapt(shots: int, downsample: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # 5 images: NCHW; 10: channels-last (engine.kernels.layout_for); max-pooling too.
     learners = distinct_learners(BackboneConfig(channels=8, downsample=downsample))  # type: ignore[arg-type]
     support_x, support_y, queries = task(5, shots)
     settings = AdaptSettings(steps=4)
     plans = [batched.batch_plan(learner, 5, settings) for learner in learners.values()]
     assert all(plan is not None for plan in plans)
+    passes: list[int] = []
+    full_pass = batched._forward
+    monkeypatch.setattr(batched, "_forward", lambda *args: passes.append(1) or full_pass(*args))
     together = batched.adapt_together(plans, support_x, support_y, 5)  # type: ignore[arg-type]
+    # 5 evaluations, the second on the backbones of the first (the step from zero heads moves only them).
+    assert len(passes) == 4
     for (name, learner), result in zip(learners.items(), together):
         own = learner.adapt(support_x, support_y, 5, settings)
         if result is None:  # it left the batch: its own adapt's undo guard took a step back

@@ -314,6 +314,7 @@ class GradientLearner(Learner):
         warning: str | None = None
         frozen = frozen_entries(lr, optimizer_name, transform)
         frozen_backbone = kernels.FrozenBackbone() if frozen else None
+        last_pass = kernels.LastBackbonePass()
         halvings = 0  # steps the guard took back
         with torch.enable_grad():
             fast = self.detached_start(ways)
@@ -328,7 +329,8 @@ class GradientLearner(Learner):
             for step in range(steps + 1):
                 # The last evaluation is only for the trace: no gradient.
                 evaluation = optimizer.reuse(fast) or problem.evaluate(
-                    fast, with_grads=step < steps, frozen=frozen, frozen_backbone=frozen_backbone)
+                    fast, with_grads=step < steps, frozen=frozen, frozen_backbone=frozen_backbone,
+                    last_pass=last_pass)
                 loss_value = evaluation.loss.item()
                 rose = not math.isfinite(loss_value) or loss_value > kept_loss
                 if rose and kept_pass is not None and resolved.undo_rising_steps:
