@@ -1,6 +1,7 @@
 """How fast are adaptation and meta-training, against learn2learn, higher and a naive reference?
 
     python -m benchmarks.bench [--json FILE] [--repeats N] [--threads 1,2] [--quick] [--skip-peers] [--device cuda]
+                               [--sections adaptation,compare,workers,meta,peers] [--shapes 5w1s,5w5s,20w1s]
 
 With the peers: ``bash benchmarks/bench_peers.sh`` once (creates ``.venv-bench``), then
 ``.venv-bench/bin/python -m benchmarks.bench``. In ``.venv`` the peers are reported unavailable and
@@ -11,7 +12,10 @@ Measures, in one run on one machine, per thread count (``--threads``):
 1. adaptation latency of every registered algorithm (``engine.learners.LEARNERS``: a new one is
    included without edits) at 5-way 1-shot, 5-way 5-shot and 20-way 1-shot: ``learner.adapt``
    with 10 inner steps plus ``predict_proba`` on 20 queries; and all algorithms on the same task
-   as the app runs them (``engine.compare.compare``);
+   as the app runs them (``engine.compare.compare``), among them the app's default set (every
+   algorithm with its own test-time steps) with and without ``engine.batched``'s batched inner loop;
+   each row with its FLOPs and the fraction of the machine's measured peak (a large float32 matrix
+   product on the same threads, ``benchmarks.flops``) it runs at;
 2. meta-training step time (zero_grad + meta_loss + backward + optimizer step) and peak memory of
    second-order MAML (32 tasks of 5-way 1-shot with one inner step, and the configuration
    models/train.sh trains with), first-order MAML, Reptile and ProtoNet; and the latency and memory
@@ -53,7 +57,8 @@ from typing import Any
 
 import torch
 
-from engine import kernels
+from benchmarks.flops import count_flops, measured_peak, peak_fraction
+from engine import batched, kernels
 from engine.data.tasks import Task
 from engine.checkpoint import CheckpointError, read_metadata
 from engine.device import cpu_model
@@ -66,6 +71,9 @@ QUERIES = 20
 CHANNELS = 64
 INNER_LR = 0.4
 SHAPES: dict[str, tuple[int, int]] = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1)}
+# The parts of a run (--sections): the adaptation table, the comparisons on one thread, the comparisons
+# with two workers, the meta-training steps and the peers.
+SECTIONS = ("adaptation", "compare", "workers", "meta", "peers")
 MB = 1024 * 1024
 
 
@@ -125,6 +133,10 @@ BUDGETS: tuple[Budget, ...] = (
            "compare.5w1s.gradient+protonet defaults", 150.0),
     Budget("... 5w1s, the app's default steps, 2 workers <= 150 ms",
            "compare_workers.5w1s.gradient+protonet defaults", 150.0),
+    # The app's default set: every algorithm with a checkpoint (all registered ones), each with its own
+    # test-time steps, on one thread: what a user waits for after drawing a support example.
+    Budget("the app's default set (all algorithms, each model's own test-time steps) on one 5w1s task, one thread "
+           "<= 100 ms", "compare.5w1s.all defaults", 100.0),
     Budget("second-order MAML meta-step (32 x 5w1s, 1 query/class) <= 300 ms", "meta.maml (1 inner step).ms", 300.0),
     Budget("... with <= 1 GB peak memory (the step's own)", "meta.maml (1 inner step).step_peak_mb", 1024.0),
 )
@@ -265,9 +277,11 @@ def adapt_and_predict(learner: Learner, task: Task) -> Callable[[], torch.Tensor
 
 
 def bench_adaptation(learners: dict[str, Learner], failed: dict[str, str], shapes: Sequence[str], repeats: int,
-                     warmup: int, device: torch.device) -> list[dict[str, Any]]:
+                     warmup: int, device: torch.device, peak_gflops: float | None = None) -> list[dict[str, Any]]:
     """Per shape, every algorithm timed in turn (``interleaved``): a slowdown of the shared machine
-    during the run then hits all of them alike instead of whichever came last."""
+    during the run then hits all of them alike instead of whichever came last. Each cell also has
+    the call's FLOPs (``benchmarks.flops.count_flops``, one untimed call) and the fraction of
+    ``peak_gflops`` its median time runs at."""
     rows: dict[str, dict[str, Any]] = {name: {"algorithm": name} for name in sorted({*learners, *failed})}
     for name, reason in failed.items():
         rows[name]["error"] = reason
@@ -279,10 +293,13 @@ def bench_adaptation(learners: dict[str, Learner], failed: dict[str, str], shape
                 adapted = learner.adapt(task.support_x, task.support_y, task.ways, AdaptSettings(steps=ADAPT_STEPS))
                 rows[name][shape] = {"warning": adapted.warning}
                 runnable[name] = adapt_and_predict(learner, task)
+                rows[name][shape]["flops"] = count_flops(runnable[name])
             except Exception as error:  # noqa: BLE001
                 rows[name][shape] = {"error": f"{type(error).__name__}: {error}"}
         for name, times in interleaved(runnable, repeats, warmup, device).items():
-            rows[name][shape].update(median_ms=times.median_ms, cpu_ms=times.cpu_ms, min_ms=min(times.wall))
+            rows[name][shape].update(median_ms=times.median_ms, cpu_ms=times.cpu_ms, min_ms=min(times.wall),
+                                     peak_fraction=peak_fraction(rows[name][shape]["flops"], times.median_ms,
+                                                                 peak_gflops))
     return list(rows.values())
 
 
@@ -292,16 +309,22 @@ def gradient_and_protonet(learners: dict[str, Learner]) -> list[str]:
 
 
 def bench_compare(learners: dict[str, Learner], shapes: Sequence[str], repeats: int, warmup: int,
-                  device: torch.device, own_steps: dict[str, int | None], workers: int = 1) -> list[dict[str, Any]]:
+                  device: torch.device, own_steps: dict[str, int | None], workers: int = 1,
+                  peak_gflops: float | None = None) -> list[dict[str, Any]]:
     """``engine.compare.compare`` on one task with ``workers`` at once (the app runs one per core:
     ``workers=2`` on 2 cores with one PyTorch thread each), for every algorithm and, timed in turn
     with it, for the gradient-based algorithms plus ProtoNet alone (``gradient_and_protonet``), each
     with ``ADAPT_STEPS`` inner steps; and that set once more as the app runs it by default, with
-    ``own_steps`` (each shipped checkpoint's test-time steps, ``subset_defaults``)."""
+    ``own_steps`` (each shipped checkpoint's test-time steps, ``subset_defaults``); and the app's default
+    set, every algorithm with its own steps (``all_defaults``), also with ``engine.batched`` switched off
+    (``all_defaults_per_learner``: each learner's inner loop on its own, as before batching).
+
+    With one worker each figure also has its FLOPs (one untimed call) and the fraction of
+    ``peak_gflops`` it runs at (with more workers the peak of one thread is not the yardstick)."""
     from engine.compare import compare
 
     subset = gradient_and_protonet(learners)
-    own_settings = {name: AdaptSettings(steps=own_steps.get(name)) for name in subset}
+    own_settings = {name: AdaptSettings(steps=own_steps.get(name)) for name in learners}
     rows = []
     for shape in shapes:
         task = adaptation_task(shape, device)
@@ -312,16 +335,25 @@ def bench_compare(learners: dict[str, Learner], shapes: Sequence[str], repeats: 
             return compare({name: learners[name] for name in names}, task.support_x.cpu(), task.support_y.cpu(),
                            task.ways, task.query_x.cpu(), settings, workers=workers)
 
-        times = interleaved({"all": lambda: run(list(learners)), "subset": lambda: run(subset),
-                             "subset_defaults": lambda: run(subset, own_settings)}, repeats, warmup, device)
+        def per_learner() -> list[Any]:
+            with batched.batching(False):
+                return run(list(learners), own_settings)
+
+        calls: dict[str, Callable[[], object]] = {
+            "all": lambda: run(list(learners)), "subset": lambda: run(subset),
+            "subset_defaults": lambda: run(subset, own_settings),
+            "all_defaults": lambda: run(list(learners), own_settings), "all_defaults_per_learner": per_learner}
+        times = interleaved(calls, repeats, warmup, device)
         errors = {result.name: result.error for result in run(list(learners)) if result.error}
-        rows.append({"shape": shape, "workers": workers, "algorithms": list(learners),
-                     "all_median_ms": times["all"].median_ms, "all_cpu_ms": times["all"].cpu_ms,
-                     "subset": subset, "subset_median_ms": times["subset"].median_ms,
-                     "subset_cpu_ms": times["subset"].cpu_ms,
-                     "subset_defaults_median_ms": times["subset_defaults"].median_ms,
-                     "subset_defaults_cpu_ms": times["subset_defaults"].cpu_ms,
-                     "subset_defaults_steps": {name: own_steps.get(name) for name in subset}, "errors": errors})
+        row: dict[str, Any] = {"shape": shape, "workers": workers, "algorithms": list(learners), "subset": subset,
+                               "subset_defaults_steps": {name: own_steps.get(name) for name in subset},
+                               "errors": errors}
+        for key, samples in times.items():
+            row[f"{key}_median_ms"], row[f"{key}_cpu_ms"] = samples.median_ms, samples.cpu_ms
+            if workers == 1:  # FlopCounterMode sees only its own thread's operators
+                row[f"{key}_flops"] = count_flops(calls[key])
+                row[f"{key}_peak_fraction"] = peak_fraction(row[f"{key}_flops"], samples.median_ms, peak_gflops)
+        rows.append(row)
     return rows
 
 
@@ -581,6 +613,7 @@ def budget_values(run: dict[str, Any]) -> dict[str, float | None]:
         values[f"compare.{row['shape']}.all"] = row["all_median_ms"]
         values[f"compare.{row['shape']}.gradient+protonet"] = row["subset_median_ms"]
         values[f"compare.{row['shape']}.gradient+protonet defaults"] = row.get("subset_defaults_median_ms")
+        values[f"compare.{row['shape']}.all defaults"] = row.get("all_defaults_median_ms")
     for row in run.get("compare_workers", []):
         values[f"compare_workers.{row['shape']}.gradient+protonet"] = row["subset_median_ms"]
         values[f"compare_workers.{row['shape']}.gradient+protonet defaults"] = row.get("subset_defaults_median_ms")
@@ -613,31 +646,43 @@ def fmt(value: float | None, unit: str = "") -> str:
 def print_run(run: dict[str, Any], shapes: Sequence[str]) -> None:
     threads = run["threads"]
     print(f"\n### {threads} thread{'s' * (threads > 1)}\n")
+    peak = run.get("peak") or {}
+    if peak:
+        print(f"Measured peak: {fmt(peak['median_gflops'])} GFLOP/s (median of {peak['repeats']} float32 "
+              f"{peak['size']}x{peak['size']} matrix products on {threads} thread{'s' * (threads > 1)}; best "
+              f"{fmt(peak['best_gflops'])}). % of peak: a row's FLOPs (matrix products and convolutions, "
+              "torch.utils.flop_counter) over its median time, against that median.\n")
     print(f"Adaptation: {ADAPT_STEPS} inner steps + predicting {QUERIES} queries (median wall ms; in brackets "
-          "the process's CPU ms, what an idle core would take)\n")
-    print("| algorithm | " + " | ".join(shapes) + " |")
-    print("|---|" + "---:|" * len(shapes))
+          "the process's CPU ms, what an idle core would take; then GFLOP per call and % of the measured peak)\n")
+    print("| algorithm | " + " | ".join(f"{shape} | GFLOP, % of peak" for shape in shapes) + " |")
+    print("|---|" + "---:|---:|" * len(shapes))
+
+    def work(cell: dict[str, Any], prefix: str = "") -> str:
+        flops, fraction = cell.get(prefix + "flops"), cell.get(prefix + "peak_fraction")
+        if flops is None:
+            return "-"
+        return f"{flops / 1e9:.3g}" + ("" if fraction is None else f", {100 * fraction:.0f}%")
+
     for row in run["adaptation"]:
         if "error" in row:
-            print(f"| {row['algorithm']} | " + " | ".join("-" for _ in shapes) + f" |  ({row['error']})")
+            print(f"| {row['algorithm']} | " + " | ".join("- | -" for _ in shapes) + f" |  ({row['error']})")
             continue
         cells = []
         for shape in shapes:
             cell = row.get(shape, {})
             text = f"{fmt(cell.get('median_ms'))} ({fmt(cell.get('cpu_ms'))})" if "median_ms" in cell else "error"
-            cells.append(text + (" (diverged)" if cell.get("warning") else ""))
+            cells.append(text + (" (diverged)" if cell.get("warning") else "") + f" | {work(cell)}")
         print(f"| {row['algorithm']} | " + " | ".join(cells) + " |")
     compare_rows = {row["shape"]: row for row in run["compare"]}
     if compare_rows:
         count = len(run["compare"][0]["algorithms"])
-        print(f"| **all {count} on one task** (engine.compare) | "
-              + " | ".join(f"{fmt(compare_rows[s]['all_median_ms'])} ({fmt(compare_rows[s]['all_cpu_ms'])})"
-                           if s in compare_rows else "-" for s in shapes) + " |")
         subset = run["compare"][0]["subset"]
 
         def cells(rows: dict[str, dict[str, Any]], key: str) -> str:
-            return " | ".join(f"{fmt(rows[s][key + '_median_ms'])} ({fmt(rows[s].get(key + '_cpu_ms'))})"
-                              if s in rows else "-" for s in shapes)
+            return " | ".join(f"{fmt(rows[s][key + '_median_ms'])} ({fmt(rows[s].get(key + '_cpu_ms'))}) | "
+                              f"{work(rows[s], key + '_')}" if s in rows else "- | -" for s in shapes)
+
+        print(f"| **all {count} on one task** (engine.compare) | {cells(compare_rows, 'all')} |")
 
         print(f"| **gradient-based + protonet** ({len(subset)} on one task) | {cells(compare_rows, 'subset')} |")
         worker_rows = {row["shape"]: row for row in run.get("compare_workers", [])}
@@ -653,16 +698,33 @@ def print_run(run: dict[str, Any], shapes: Sequence[str]) -> None:
               f"{fewer or 'all ' + str(ADAPT_STEPS)}) | {cells(compare_rows, 'subset_defaults')} |")
         if worker_rows:
             print(f"| ... with {workers} workers | {cells(worker_rows, 'subset_defaults')} |")
+        print(f"| **the app's default set: all {count}, each model's own test-time steps** | "
+              f"{cells(compare_rows, 'all_defaults')} |")
+        print(f"| ... each learner's inner loop on its own (engine.batched off) | "
+              f"{cells(compare_rows, 'all_defaults_per_learner')} |")
+        if worker_rows:
+            print(f"| ... with {workers} workers (batched) | {cells(worker_rows, 'all_defaults')} |")
+    if not run["meta"]:
+        print("\n(meta-training steps not timed: --sections)")
+    else:
+        print_meta(run["meta"])
+    print_peers_and_budgets(run)
+
+
+def print_meta(rows: list[dict[str, Any]]) -> None:
     print("\nMeta-training step (zero_grad + meta_loss + backward + optimizer step; median ms, peak memory)\n")
     print("| algorithm | batch | step (CPU) | peak RSS | step's own peak |")
     print("|---|---|---:|---:|---:|")
-    for row in run["meta"]:
+    for row in rows:
         if "error" in row:
             print(f"| {row['label']} | {row['config']} | error: {row['error']} | | |")
             continue
         print(f"| {row['label']} | {row['config']} | {fmt(row['ms'])} ms ({fmt(row.get('cpu_ms'))}) | "
               f"{fmt(row.get('peak_mb'), ' MB')} | "
               f"{fmt(row.get('step_peak_mb'), ' MB')} |")
+
+
+def print_peers_and_budgets(run: dict[str, Any]) -> None:
     peers = run.get("peers")
     if peers:
         print(f"\nSame task, same weights: 5w1s adaptation ({ADAPT_STEPS} steps + {QUERIES} queries) and the MAML "
@@ -695,19 +757,28 @@ def run_all(args: argparse.Namespace, threads: int, device: torch.device, backbo
     learners, failed = build_learners(backbones, device)
     shapes = args.shapes
     print(f"[{threads} thread(s)] adaptation...", file=sys.stderr, flush=True)
-    run: dict[str, Any] = {"threads": threads}
-    run["adaptation"] = bench_adaptation(learners, failed, shapes, args.repeats, args.warmup, device)
-    print(f"[{threads} thread(s)] all algorithms on one task...", file=sys.stderr, flush=True)
+    run: dict[str, Any] = {"threads": threads, "peak": measured_peak(device)}
+    peak = run["peak"]["median_gflops"]
+    run["adaptation"] = []
+    if "adaptation" in args.sections:
+        run["adaptation"] = bench_adaptation(learners, failed, shapes, args.repeats, args.warmup, device, peak)
     compare_shapes = [s for s in shapes if s in ("5w1s", "5w5s")]
     own_steps = shipped_test_steps(args.models, learners)
-    run["compare"] = bench_compare(learners, compare_shapes, args.repeats, args.warmup, device, own_steps)
-    if threads == 1 and (os.cpu_count() or 1) > 1 and device.type == "cpu":
+    run["compare"] = []
+    if "compare" in args.sections:
+        print(f"[{threads} thread(s)] all algorithms on one task...", file=sys.stderr, flush=True)
+        run["compare"] = bench_compare(learners, compare_shapes, args.repeats, args.warmup, device, own_steps,
+                                       peak_gflops=peak)
+    if "workers" in args.sections and threads == 1 and (os.cpu_count() or 1) > 1 and device.type == "cpu":
         # Two learners at a time, one PyTorch thread each (engine.compare's workers).
         run["compare_workers"] = bench_compare(learners, compare_shapes, args.repeats, args.warmup, device,
                                                own_steps, workers=2)
-    print(f"[{threads} thread(s)] meta-training...", file=sys.stderr, flush=True)
-    run["meta"] = bench_meta(META_SPECS, backbones, max(3, args.repeats // 2), args.warmup, device, memory, threads)
-    if not args.skip_peers:
+    run["meta"] = []
+    if "meta" in args.sections:
+        print(f"[{threads} thread(s)] meta-training...", file=sys.stderr, flush=True)
+        run["meta"] = bench_meta(META_SPECS, backbones, max(3, args.repeats // 2), args.warmup, device, memory,
+                                 threads)
+    if not args.skip_peers and "peers" in args.sections:
         print(f"[{threads} thread(s)] peers...", file=sys.stderr, flush=True)
         run["peers"] = bench_peers(backbones["maml"], args.repeats, args.warmup, device, memory, threads)
     run["budgets"] = check_budgets(run)
@@ -737,6 +808,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", type=Path, default=REPO_ROOT / "models",
                         help="where the shipped checkpoints (whose backbones are timed) are")
     parser.add_argument("--skip-peers", action="store_true", help="do not time the naive reference and the peers")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated parts to time, of {','.join(SECTIONS)} (default: all); e.g. "
+                             "'--sections compare --shapes 5w1s' times only the comparison rows at 5w1s")
+    parser.add_argument("--shapes", dest="shape_list", default=None,
+                        help=f"comma-separated task shapes, of {','.join(SHAPES)} (default: all; --quick: 5w1s)")
     parser.add_argument("--channels", type=int, default=CHANNELS, help=argparse.SUPPRESS)  # tests: tiny networks
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one memory measurement
     args = parser.parse_args(argv)
@@ -744,6 +820,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.shapes = list(SHAPES)
     if args.quick:
         args.repeats, args.warmup, args.thread_counts, args.shapes = 3, 1, args.thread_counts[:1], ["5w1s"]
+    if args.shape_list is not None:
+        args.shapes = [shape.strip() for shape in str(args.shape_list).split(",") if shape.strip()]
+        if not args.shapes or set(args.shapes) - set(SHAPES):
+            parser.error(f"--shapes takes some of {', '.join(SHAPES)}")
+    args.sections = [section.strip() for section in str(args.sections).split(",") if section.strip()]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     return args
 
 

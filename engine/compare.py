@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from engine import batched
 from engine.learners import AdaptSettings, Adapted, Learner, StepRecord
 
 if TYPE_CHECKING:
@@ -253,23 +254,53 @@ def _failure(result: AlgorithmResult, error: Exception) -> AlgorithmResult:
 
 
 def adapt_one(name: str, learner: Learner, support_x: Tensor, support_y: Tensor, ways: int,
-              settings: AdaptSettings) -> AdaptOutcome:
-    """Adapt one learner to the support set; never raises for the algorithm's own failures."""
+              settings: AdaptSettings, adapted: Adapted | None = None) -> AdaptOutcome:
+    """Adapt one learner to the support set; never raises for the algorithm's own failures.
+    ``adapted``: its adaptation already made (by ``engine.batched``), to be reported as its own."""
     result = AlgorithmResult(name=name, has_inner_loop=bool(learner.has_inner_loop))
     device = torch.device("cpu")
     try:
         result.steps, result.lr, result.optimizer = learner.resolve_settings(settings).summary()
         device = learner.device
-        sx, sy = support_x.to(device), support_y.to(device)
-        start = time.perf_counter()
-        adapted = learner.adapt(sx, sy, ways, settings if learner.has_inner_loop else None)
-        result.adapt_ms = float(adapted.adapt_ms) if adapted.adapt_ms else (time.perf_counter() - start) * 1000.0
+        if adapted is None:
+            sx, sy = support_x.to(device), support_y.to(device)
+            start = time.perf_counter()
+            adapted = learner.adapt(sx, sy, ways, settings if learner.has_inner_loop else None)
+            result.adapt_ms = float(adapted.adapt_ms) if adapted.adapt_ms else (time.perf_counter() - start) * 1000.0
+        else:
+            result.adapt_ms = float(adapted.adapt_ms)
         result.trace = list(adapted.trace)
         result.warning, result.diverged = adapted.warning, bool(adapted.diverged)
         result.notes = [str(note) for note in (getattr(adapted, "notes", None) or [])]
     except Exception as error:  # noqa: BLE001 - one algorithm's failure must not stop the others
         return AdaptOutcome(name, _failure(result, error), None, device)
     return AdaptOutcome(name, result, adapted, device)
+
+
+def _plan(learner: Learner, ways: int, settings: AdaptSettings) -> batched.BatchPlan | None:
+    try:
+        return batched.batch_plan(learner, ways, settings)
+    except Exception:  # noqa: BLE001 - bad settings: the learner's own adapt reports them as its error
+        return None
+
+
+def adapt_batched(learners: Mapping[str, Learner], support_x: Tensor, support_y: Tensor, ways: int,
+                  settings: Mapping[str, AdaptSettings]) -> dict[str, AdaptOutcome]:
+    """:func:`adapt_one` for every learner, those whose inner loops are the same computation on
+    different weights in one batched loop (``engine.batched``; the rest, and any network that leaves
+    the batch, on their own): the same outcomes, in less time."""
+    plans = {name: _plan(learner, ways, settings[name]) for name, learner in learners.items()}
+    together: dict[str, Adapted | None] = {}
+    for names in batched.batchable_groups(plans):
+        group = [plans[name] for name in names]
+        device = group[0].start["conv0.weight"].device
+        try:
+            adapted = batched.adapt_together(group, support_x.to(device), support_y.to(device), ways)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - each learner's own adapt then reports its own failure
+            adapted = [None] * len(names)
+        together.update(zip(names, adapted))
+    return {name: adapt_one(name, learner, support_x, support_y, ways, settings[name], together.get(name))
+            for name, learner in learners.items()}
 
 
 def predict_one(outcome: AdaptOutcome, query_x: Tensor, query_y: Tensor | None = None) -> AlgorithmResult:
@@ -376,19 +407,47 @@ def _in_threads(jobs: Mapping[str, Callable[[], Any]], workers: int, cost: Mappi
         return {name: futures[name].result() for name in jobs}
 
 
+def _adaptation_jobs(learners: Mapping[str, Learner], task: PreparedTask,
+                     settings: AdaptSettings | Mapping[str, AdaptSettings] | None
+                     ) -> tuple[dict[str, Callable[[], dict[str, AdaptOutcome]]], dict[str, int]]:
+    """One job per learner, except that learners which can share a batched inner loop
+    (``engine.batched``) share one job; and each job's rough cost (``expected_cost``)."""
+    chosen = {name: _settings_for(name, settings) for name in learners}
+    plans = {name: _plan(learner, task.ways, chosen[name]) for name, learner in learners.items()}
+    jobs: dict[str, Callable[[], dict[str, AdaptOutcome]]] = {}
+    cost: dict[str, int] = {}
+    grouped: set[str] = set()
+    for names in batched.batchable_groups(plans):
+        key = " + ".join(names)
+        jobs[key] = functools.partial(adapt_batched, {name: learners[name] for name in names}, task.support_x,
+                                      task.support_y, task.ways, {name: chosen[name] for name in names})
+        cost[key] = sum(expected_cost(learners[name], chosen[name]) for name in names)
+        grouped.update(names)
+    for name, learner in learners.items():
+        if name not in grouped:
+            jobs[name] = functools.partial(_alone, name, learner, task, chosen[name])
+            cost[name] = expected_cost(learner, chosen[name])
+    return jobs, cost
+
+
+def _alone(name: str, learner: Learner, task: PreparedTask, settings: AdaptSettings) -> dict[str, AdaptOutcome]:
+    return {name: adapt_one(name, learner, task.support_x, task.support_y, task.ways, settings)}
+
+
 def adapt_all(learners: Mapping[str, Learner], support_images: ImageBatch,
               support_labels: Tensor | np.ndarray | Sequence[int], ways: int,
               settings: AdaptSettings | Mapping[str, AdaptSettings] | None = None,
               workers: int = 1) -> dict[str, AdaptOutcome]:
     """Adapt every learner to the same support set (in the order of ``learners``); predict with
     :func:`predict_all`, as often as the queries change. Raises :class:`TaskInputError` only for
-    problems with the support set itself."""
+    problems with the support set itself. Learners whose inner loops are the same computation on
+    different weights adapt together in one batched loop (:func:`adapt_batched`), one job."""
     task = prepare_task(support_images, support_labels, ways)
-    jobs = {name: functools.partial(adapt_one, name, learner, task.support_x, task.support_y, ways,
-                                    _settings_for(name, settings))
-            for name, learner in learners.items()}
-    return _in_threads(jobs, workers, {name: expected_cost(learners[name], _settings_for(name, settings))
-                                       for name in learners})
+    jobs, cost = _adaptation_jobs(learners, task, settings)
+    outcomes: dict[str, AdaptOutcome] = {}
+    for part in _in_threads(jobs, workers, cost).values():
+        outcomes.update(part)
+    return {name: outcomes[name] for name in learners}
 
 
 def predict_all(outcomes: Mapping[str, AdaptOutcome], query_images: ImageBatch | None,
@@ -462,6 +521,22 @@ class AdaptedCache:
             self.put(key, learner, outcome)
         return outcome
 
+    def get_or_adapt_all(self, learners: Mapping[str, Learner], task: PreparedTask, fingerprint: str,
+                         settings: AdaptSettings) -> dict[str, AdaptOutcome]:
+        """:meth:`get_or_adapt` for several learners in one call: those not kept adapt together
+        where they can (:func:`adapt_batched`), as one job."""
+        outcomes = {name: self.get(self.key(name, learner, fingerprint, settings), learner)
+                    for name, learner in learners.items()}
+        missing = {name: learners[name] for name, outcome in outcomes.items() if outcome is None}
+        if missing:
+            adapted = adapt_batched(missing, task.support_x, task.support_y, task.ways, dict.fromkeys(missing, settings))
+            with self._lock:
+                self.adaptations += len(adapted)
+            for name, outcome in adapted.items():
+                self.put(self.key(name, missing[name], fingerprint, settings), missing[name], outcome)
+                outcomes[name] = outcome
+        return {name: outcome for name, outcome in outcomes.items() if outcome is not None}
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
@@ -485,13 +560,19 @@ def compare(learners: Mapping[str, Learner], support_images: ImageBatch,
     its kernels). With one PyTorch thread each, this spreads the comparison over free cores with
     no synchronisation between them, unlike PyTorch's own intra-op threads, whose barriers collapse
     when the cores are shared. Each result's times are then wall times while sharing the machine.
+    Learners adapted in one batched loop (:func:`adapt_batched`) are one job; each one's adapt time
+    is its share of the batch's.
     """
     task = prepare_task(support_images, support_labels, ways, query_images, query_labels)
-    jobs = {name: functools.partial(run_one, name, learner, task.support_x, task.support_y, ways, task.query_x,
-                                    _settings_for(name, settings), task.query_y)
-            for name, learner in learners.items()}
-    results = _in_threads(jobs, workers, {name: expected_cost(learners[name], _settings_for(name, settings))
-                                          for name in learners})
+    jobs, cost = _adaptation_jobs(learners, task, settings)
+
+    def predicted(job: Callable[[], dict[str, AdaptOutcome]]) -> dict[str, AlgorithmResult]:
+        return {name: predict_one(outcome, task.query_x, task.query_y) for name, outcome in job().items()}
+
+    results: dict[str, AlgorithmResult] = {}
+    for part in _in_threads({key: functools.partial(predicted, job) for key, job in jobs.items()}, workers,
+                            cost).values():
+        results.update(part)
     return [results[name] for name in learners]
 
 
@@ -524,7 +605,8 @@ def ranked(results: Sequence[AlgorithmResult]) -> list[AlgorithmResult]:
 
 
 __all__ = [
-    "AdaptOutcome", "AdaptedCache", "AlgorithmResult", "PreparedTask", "QueryScore", "TaskInputError", "adapt_all", "adapt_one",
+    "AdaptOutcome", "AdaptedCache", "AlgorithmResult", "PreparedTask", "QueryScore", "TaskInputError", "adapt_all",
+    "adapt_batched", "adapt_one",
     "as_images", "compare", "compare_task", "effective_settings", "predict_all", "predict_one", "prepare_task",
     "ranked", "rescored", "run_one", "score_queries", "settings_key", "support_fingerprint", "validate_support",
     "warm_up",

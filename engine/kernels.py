@@ -252,6 +252,31 @@ class FrozenBackbone:
         return self.features, self.stats
 
 
+@dataclass
+class LastBackbonePass:
+    """The last full support pass of one inner loop (features, logits' inputs and what backward
+    needs), reused while the backbone's values are bitwise the same (checked at every use): the
+    step from the zero head moves only the head, since the backbone's gradient through a zero head
+    is exactly zero, so the evaluation after it needs only the head's logits."""
+
+    backbone_values: Params | None = None
+    features: Tensor | None = None
+    layers: list[_Layer] | None = None
+
+    def forward(self, values: Params, inputs: Tensor, backbone: BackboneConfig) -> tuple[Tensor, Tensor, list[_Layer]]:
+        """``_forward(values, inputs, backbone)``, from the kept pass where the backbone is the same."""
+        current = {name: value for name, value in values.items() if not name.startswith("head.")}
+        cached = self.backbone_values
+        if (cached is not None and self.features is not None and self.layers is not None
+                and cached.keys() == current.keys()
+                and all(torch.equal(cached[name], value) for name, value in current.items())):
+            logits = torch.addmm(values["head.bias"], self.features, values["head.weight"].t())
+            return self.features, logits, self.layers
+        features, logits, layers = _forward(values, inputs, backbone)
+        self.backbone_values, self.features, self.layers = current, features, layers
+        return features, logits, layers
+
+
 def _head_only_pass(values: Params, inputs: Tensor, labels: Tensor, backbone: BackboneConfig, with_grads: bool,
                     frozen_backbone: FrozenBackbone) -> SupportPass:
     """``support_pass`` when no backbone gradient is wanted: the (cached) embedding, the head's
@@ -274,7 +299,8 @@ def _head_only_pass(values: Params, inputs: Tensor, labels: Tensor, backbone: Ba
 
 def support_pass(params: Params, inputs: Tensor, labels: Tensor, backbone: BackboneConfig,
                  with_grads: bool = True, frozen: frozenset[str] = frozenset(),
-                 frozen_backbone: FrozenBackbone | None = None) -> SupportPass:
+                 frozen_backbone: FrozenBackbone | None = None,
+                 last_pass: LastBackbonePass | None = None) -> SupportPass:
     """Mean support cross-entropy at ``params`` (batch statistics of the support set), its logits,
     its gradient w.r.t. every entry of ``params`` (if ``with_grads``) and the per-layer statistics.
     Builds no autograd graph; the gradient equals autograd's through ``engine.nets.classify``.
@@ -284,13 +310,17 @@ def support_pass(params: Params, inputs: Tensor, labels: Tensor, backbone: Backb
 
     ``frozen`` names entries whose gradient the caller will not use (returned as zeros): when it
     covers the whole backbone and ``frozen_backbone`` is given, no backward pass runs below the
-    head and the support embedding is computed once per backbone value.
+    head and the support embedding is computed once per backbone value. ``last_pass``: the inner
+    loop's last full pass, reused when the backbone has not moved since (:class:`LastBackbonePass`).
     """
     with torch.no_grad():
         values = {name: value.detach() for name, value in params.items()}
         if frozen_backbone is not None and all(name in frozen for name in values if not name.startswith("head.")):
             return _head_only_pass(values, inputs, labels, backbone, with_grads, frozen_backbone)
-        features, logits, layers = _forward(values, inputs, backbone)
+        if last_pass is not None:
+            features, logits, layers = last_pass.forward(values, inputs, backbone)
+        else:
+            features, logits, layers = _forward(values, inputs, backbone)
         loss = F.cross_entropy(logits, labels)
         grads = _backward(values, labels, backbone, features, logits, layers) if with_grads else None
 
@@ -348,5 +378,5 @@ def support_embedding(params: Params, inputs: Tensor, backbone: BackboneConfig) 
         return h.mean(dim=(2, 3)), stats
 
 
-__all__ = ["CHANNELS_LAST_MIN_IMAGES", "FrozenBackbone", "LayerStats", "SupportPass", "applies", "embed_with_stats",
+__all__ = ["CHANNELS_LAST_MIN_IMAGES", "FrozenBackbone", "LastBackbonePass", "LayerStats", "SupportPass", "applies", "embed_with_stats",
            "enabled", "fused", "layout_for", "logits_with_stats", "support_embedding", "support_pass"]

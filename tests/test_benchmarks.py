@@ -37,6 +37,18 @@ def test_benchmark_smoke_run_covers_every_registered_algorithm(tmp_path: Path) -
     assert run["compare"][0]["algorithms"] and [check["budget"] for check in run["budgets"]] == [
         budget.description for budget in BUDGETS]
     assert {row["label"] for row in run["meta"]} >= {"maml (1 inner step)", "fomaml", "reptile", "protonet"}
+    # The fraction of the measured peak: per adaptation cell and per one-thread comparison.
+    assert run["peak"]["median_gflops"] > 0 and run["peak"]["best_gflops"] >= run["peak"]["median_gflops"]
+    for row in run["adaptation"]:
+        cell = row["5w1s"]
+        assert cell["flops"] > 0 and 0 < cell["peak_fraction"], row["algorithm"]
+        assert cell["peak_fraction"] == pytest.approx(cell["flops"] / (cell["median_ms"] / 1000)
+                                                      / (run["peak"]["median_gflops"] * 1e9))
+    # The app's default set (every algorithm, own steps), batched and each learner on its own: the same work.
+    assert 0 < compared["all_defaults_median_ms"] and 0 < compared["all_defaults_per_learner_median_ms"]
+    assert compared["all_defaults_flops"] > 0 and compared["all_defaults_peak_fraction"] > 0
+    assert [check["value"] for check in run["budgets"] if "app's default set" in check["budget"]] == [
+        compared["all_defaults_median_ms"]]
     assert report["environment"]["torch"] == torch.__version__
     assert "keep_freed_memory" in report["environment"]["allocator"]
     assert report["environment"]["channels_last_from_images"] == kernels.CHANNELS_LAST_MIN_IMAGES
@@ -99,3 +111,43 @@ def test_the_floor_benchmark_splits_convolution_time_from_the_rest(capsys: pytes
     assert set(LEARNERS) <= set(rows) and any(name.startswith("gradient-based + protonet") for name in rows)
     wall, conv_ms, other_ms = (float(cell) for cell in rows["maml"].strip("| ").split(" | ")[1:])
     assert wall > 0 and conv_ms > 0 and other_ms > 0
+
+
+def test_flop_counts_are_the_convolutions_and_products_arithmetic() -> None:
+    from benchmarks.bench import adapt_and_predict, adaptation_task, build_learner
+    from benchmarks.flops import count_flops, peak_fraction
+
+    x, weight = torch.randn(5, 8, 14, 14), torch.randn(16, 8, 3, 3)
+    # 2 FLOPs per multiply-add: 5 images x 16 x 7 x 7 outputs of 8 x 3 x 3 each.
+    assert count_flops(lambda: F.conv2d(x, weight, stride=2, padding=1)) == 2 * 5 * 16 * 7 * 7 * 8 * 9
+    # A backward counts the forward's FLOPs once per gradient asked for, grouped convolutions too
+    # (engine.batched's stacked networks): three stacked networks are three networks' work.
+    grad = torch.randn(5, 16, 7, 7)
+    assert count_flops(lambda: torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False])) == 2 * 2 * 5 * 16 * 7 * 7 * 8 * 9
+    stacked_x, stacked_w, stacked_grad = torch.randn(5, 24, 14, 14), torch.randn(48, 8, 3, 3), torch.randn(5, 48, 7, 7)
+    assert count_flops(lambda: torch.ops.aten.convolution_backward(
+        stacked_grad, stacked_x, stacked_w, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 3,
+        [False, True, False])) == 3 * 2 * 5 * 16 * 7 * 7 * 8 * 9
+    one_channel = torch.randn(5, 1, 28, 28)  # PyTorch's im2col kernel, which the Conv-4's first layer uses
+    assert count_flops(lambda: torch.ops.aten._slow_conv2d_forward(
+        one_channel, torch.randn(16, 1, 3, 3), [3, 3], None, [2, 2], [1, 1])) == 2 * 5 * 16 * 14 * 14 * 9
+    # An adaptation's count grows with the support set (the inner loop's passes run over it).
+    maml = build_learner("maml", BackboneConfig(channels=4), torch.device("cpu"))
+    one_shot, five_shot = (count_flops(adapt_and_predict(maml, adaptation_task(shape, torch.device("cpu"))))
+                           for shape in ("5w1s", "5w5s"))
+    assert 0 < one_shot < five_shot
+    assert 2.5 * one_shot < five_shot  # the support passes dominate: 5x the images, 20 queries alike
+    assert peak_fraction(2e9, 1000.0, 4.0) == pytest.approx(0.5) and peak_fraction(None, 1.0, 1.0) is None
+
+
+def test_sections_and_shapes_choose_what_is_timed() -> None:
+    from benchmarks.bench import SECTIONS, SHAPES, parse_args
+
+    args = parse_args(["--sections", "compare", "--shapes", "5w1s"])
+    assert args.sections == ["compare"] and args.shapes == ["5w1s"]
+    default = parse_args([])
+    assert default.sections == list(SECTIONS) and default.shapes == list(SHAPES)
+    for bad in (["--sections", "everything"], ["--shapes", "3w2s"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)

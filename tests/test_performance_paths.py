@@ -255,6 +255,22 @@ def test_adaptation_equals_the_autograd_reference(name: str, optimizer: str) -> 
                                    reference.predict_proba(task.query_x, transductive), **TIGHT)
 
 
+@pytest.mark.parametrize(("name", "steps", "passes"), [("metasgd", 1, 1), ("maml", 3, 3), ("mc2", 2, 2)])
+def test_the_pass_after_the_zero_head_step_reuses_the_backbones_pass(name: str, steps: int, passes: int,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first step from the zero head moves only the head, so the evaluation after it reuses the
+    backbone's pass (``kernels.LastBackbonePass``): one backbone pass fewer per adaptation, the same
+    trace as the autograd reference (``test_adaptation_equals_the_autograd_reference``)."""
+    learner = LEARNERS[name](backbone=SMALL, seed=3)
+    task = tasks(1, ways=4, shots=2, queries=3)[0]
+    calls: list[int] = []
+    full_pass = kernels._forward
+    monkeypatch.setattr(kernels, "_forward", lambda *args: calls.append(1) or full_pass(*args))
+    adapted = learner.adapt(task.support_x, task.support_y, task.ways, AdaptSettings(steps=steps))
+    assert len(adapted.trace) == steps + 1 and len(calls) == passes
+    assert adapted.trace[1].loss < adapted.trace[0].loss  # the head did move
+
+
 def test_protonet_cached_support_statistics_predict_as_before() -> None:
     learner = double_learner("protonet")
     task = tasks(1, ways=3, shots=2, queries=2, dtype=torch.float64)[0]

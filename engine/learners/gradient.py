@@ -21,7 +21,7 @@ from engine.data.tasks import Task
 from engine.learners.base import (
     AdaptSettings, Adapted, Learner, LearnerConfig, ResolvedSettings, StepRecord, Stopwatch, accuracy,
 )
-from engine.nets import Params, classify, embed, zero_head
+from engine.nets import BackboneConfig, Params, classify, embed, zero_head
 from engine.optim import INNER_OPTIMIZERS, InnerOptimizer, InnerProblem, LearningRate, make_inner_optimizer
 
 # Meta-parameters that are not network weights (e.g. Meta-SGD's learning rates) carry this prefix;
@@ -155,6 +155,41 @@ def scaled(lr: LearningRate, factor: float) -> LearningRate:
     return lr * factor
 
 
+def finished_adaptation(kept: Params, kept_pass: kernels.SupportPass | None, trace: list[StepRecord], ways: int,
+                        support_x: Tensor, backbone: BackboneConfig, adapt_ms: float, notes: list[str],
+                        halvings: int = 0, warning: str | None = None) -> Adapted:
+    """The :class:`Adapted` model of an inner loop that ended at ``kept`` (its last evaluation
+    ``kept_pass``), with the notes and divergence warnings ``GradientLearner.adapt`` documents: one
+    place, so that the batched inner loop (``engine.batched``) reports exactly what it reports."""
+    notes = list(notes)
+    if halvings:
+        notes.append(f"{halvings} step{'s' if halvings > 1 else ''} raised the support loss and "
+                     f"{'were' if halvings > 1 else 'was'} taken back, halving the step size each time "
+                     f"(to 1/{2 ** halvings} of the one set).")
+    if warning is None:
+        warning = divergence_warning(trace)
+    if warning is None and kept_pass is not None:
+        warning = saturation_warning(logit_gap(kept_pass.logits.detach()))
+    if warning is None and halvings >= DIVERGED_HALVINGS:
+        warning = (f"The inner loop diverged at this step size: {halvings} steps raised the support loss and "
+                   f"were taken back (the step size cut to 1/{2 ** halvings}). Lower the learning rate.")
+    if warning is None:
+        warning = stalled_warning(trace)
+    final = {k: v.detach() for k, v in kept.items()}
+    kept_stats = kept_pass.stats if kept_pass is not None else None
+    num_support = support_x.shape[0]
+
+    def predict_logits(query_x: Tensor, transductive: bool) -> Tensor:
+        if transductive:
+            return classify(final, query_x, backbone)
+        if kept_stats is not None:  # the support set's statistics at these weights are known
+            return kernels.logits_with_stats(final, query_x, backbone, kept_stats)
+        return classify(final, torch.cat([support_x, query_x]), backbone, stats_count=num_support)[num_support:]
+
+    return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, warning=warning, adapt_ms=adapt_ms,
+                   notes=notes, diverged=warning is not None)
+
+
 class GradientLearner(Learner):
     """Base for learners that adapt by gradient steps from meta-learned weights plus a zero head."""
 
@@ -279,6 +314,7 @@ class GradientLearner(Learner):
         warning: str | None = None
         frozen = frozen_entries(lr, optimizer_name, transform)
         frozen_backbone = kernels.FrozenBackbone() if frozen else None
+        last_pass = kernels.LastBackbonePass()
         halvings = 0  # steps the guard took back
         with torch.enable_grad():
             fast = self.detached_start(ways)
@@ -293,7 +329,8 @@ class GradientLearner(Learner):
             for step in range(steps + 1):
                 # The last evaluation is only for the trace: no gradient.
                 evaluation = optimizer.reuse(fast) or problem.evaluate(
-                    fast, with_grads=step < steps, frozen=frozen, frozen_backbone=frozen_backbone)
+                    fast, with_grads=step < steps, frozen=frozen, frozen_backbone=frozen_backbone,
+                    last_pass=last_pass)
                 loss_value = evaluation.loss.item()
                 rose = not math.isfinite(loss_value) or loss_value > kept_loss
                 if rose and kept_pass is not None and resolved.undo_rising_steps:
@@ -313,31 +350,5 @@ class GradientLearner(Learner):
                     grads = transform(grads)
                 fast = optimizer.step(fast, grads, evaluation.loss.detach(), scaled(lr, 0.5 ** halvings), problem)
                 fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
-        notes = list(optimizer.messages)
-        if halvings:
-            notes.append(f"{halvings} step{'s' if halvings > 1 else ''} raised the support loss and "
-                         f"{'were' if halvings > 1 else 'was'} taken back, halving the step size each time "
-                         f"(to 1/{2 ** halvings} of the one set).")
-        if warning is None:
-            warning = divergence_warning(trace)
-        if warning is None and kept_pass is not None:
-            warning = saturation_warning(logit_gap(kept_pass.logits.detach()))
-        if warning is None and halvings >= DIVERGED_HALVINGS:
-            warning = (f"The inner loop diverged at this step size: {halvings} steps raised the support loss and "
-                       f"were taken back (the step size cut to 1/{2 ** halvings}). Lower the learning rate.")
-        if warning is None:
-            warning = stalled_warning(trace)
-        final = {k: v.detach() for k, v in kept.items()}
-        kept_stats = kept_pass.stats if kept_pass is not None else None
-        backbone = self.backbone
-        num_support = support_x.shape[0]
-
-        def predict_logits(query_x: Tensor, transductive: bool) -> Tensor:
-            if transductive:
-                return classify(final, query_x, backbone)
-            if kept_stats is not None:  # the support set's statistics at these weights are known
-                return kernels.logits_with_stats(final, query_x, backbone, kept_stats)
-            return classify(final, torch.cat([support_x, query_x]), backbone, stats_count=num_support)[num_support:]
-
-        return Adapted(ways=ways, trace=trace, predict_logits=predict_logits, warning=warning, adapt_ms=watch.ms(),
-                       notes=notes, diverged=warning is not None)
+        return finished_adaptation(kept, kept_pass, trace, ways, support_x, self.backbone, watch.ms(),
+                                   list(optimizer.messages), halvings, warning)

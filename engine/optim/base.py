@@ -47,7 +47,8 @@ class InnerProblem:
         return type(self).objective is not InnerProblem.objective
 
     def evaluate(self, params: Params, with_grads: bool = True, frozen: frozenset[str] = frozenset(),
-                 frozen_backbone: kernels.FrozenBackbone | None = None) -> SupportPass:
+                 frozen_backbone: kernels.FrozenBackbone | None = None,
+                 last_pass: kernels.LastBackbonePass | None = None) -> SupportPass:
         """The objective at ``params``, its logits and (if ``with_grads``) its gradient w.r.t. every
         entry of ``params``: what one inner step needs. Without ``with_grads`` the gradient can still
         be had later from the same evaluation (``SupportPass.gradient``) at the cost of the backward
@@ -58,11 +59,11 @@ class InnerProblem:
         batch-norm statistics, for predictions); extra objective terms are added by autograd on
         those terms alone. Otherwise (a differentiable step, or another network) plain autograd.
         ``frozen`` / ``frozen_backbone``: entries whose gradient the caller does not use, see
-        ``kernels.support_pass`` (only the fused path makes use of them).
+        ``kernels.support_pass`` (only the fused path makes use of them), as of ``last_pass``.
         """
         if not self.create_graph and kernels.applies(params, self.backbone):
             result = kernels.support_pass(params, self.inputs, self.labels, self.backbone, with_grads, frozen,
-                                          frozen_backbone)
+                                          frozen_backbone, last_pass)
             return self._add_extra_terms(params, result) if self.has_extra_terms() else result
         with torch.enable_grad():
             if not self.create_graph:  # the gradient's value is all that is needed: fresh leaves
