@@ -113,14 +113,22 @@ def next_pad(ws: Workspace, index: int) -> str:
     return state.QUERY_PAD
 
 
-def render_queries(ws: Workspace) -> None:
-    """The query pad and uploads on the left; each query with its network input and true class."""
+@st.fragment(key=state.QUERIES_FRAGMENT)
+def render_queries() -> None:
+    """The query pad and uploads on the left; each query with its network input and true class.
+
+    A fragment: adding, deleting or uploading queries reruns it and the results
+    (:data:`app.state.QUERY_CHANGE`), not the support set above."""
+    ws = state.workspace()
+    callback_error = state.pop_callback_error()
+    if callback_error:  # a callback of a widget in this row, when only this row reruns
+        st.error(f"That action failed ({callback_error}); your drawings are kept.")
     target = QUERIES
     with st.container(border=True, key="row-queries", horizontal=True, gap="medium"):
         with st.container(width=PAD_SIZE + 4, gap="small", key="side-queries-pad"):
             submission = drawing_pad(state.QUERY_PAD, label="Add query", size=PAD_SIZE, seen=ws.pad_seen,
                                      hint="Draw, then Add (Enter).", aria="drawing pad for queries",
-                                     focus=ws.focus_token(state.QUERY_PAD))
+                                     focus=ws.focus_token(state.QUERY_PAD), on_submit=state.on_query_drawn)
             new_label_box(ws)
             handle_pad(ws, target, submission, state.new_query_label())
             upload_key = state.upload_key(ws, target)
@@ -133,7 +141,7 @@ def render_queries(ws: Workspace) -> None:
                 st.markdown(f"**{len(ws.queries)} quer{'y' if len(ws.queries) == 1 else 'ies'}**", width="content")
                 st.caption("Characters to classify. Pick each one's true class to get accuracies.", width="content")
                 if ws.queries:
-                    bulk_label_popover(ws)
+                    bulk_label_popover()
                     st.button("Clear", key=state.clear_queries_key(ws.generation), on_click=state.on_clear_queries,
                               type="tertiary", icon=":material/delete:", help="Delete every query")
             with st.container(horizontal=True, gap="small", key="slots-queries", wrap=True):
@@ -159,8 +167,11 @@ def new_label_box(ws: Workspace) -> None:
                       "query's own box changes it).")
 
 
-def bulk_label_popover(ws: Workspace) -> None:
-    """"Label several": pick queries (the unlabelled ones to start with) and give them one class."""
+@st.fragment(key=state.BULK_LABEL_FRAGMENT)
+def bulk_label_popover() -> None:
+    """"Label several": pick queries (the unlabelled ones to start with) and give them one class.
+    A fragment: a label pick reruns it (its starting picks) without the query cards."""
+    ws = state.workspace()
     with st.popover("Label several", icon=":material/label:", help="Give many queries the same true class"):
         numbers = {q.example.id: number for number, q in enumerate(ws.queries, start=1)}
         picker = state.bulk_label_queries_key(ws)
@@ -209,4 +220,4 @@ def render_builder(ws: Workspace) -> None:
             st.caption(f"Classes {', '.join(str(i + 1) for i in hidden)} keep their examples while hidden: "
                        "raise N to bring them back.")
         st.markdown("#### Queries")
-        render_queries(ws)
+        render_queries()
