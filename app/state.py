@@ -27,6 +27,7 @@ from app.keys import (  # noqa: F401 - re-exported: the app names every key thro
     clear_queries_key, delete_example_key, delete_query_key, query_label_key, open_task_key,
     bulk_label_queries_key, QUERIES_FRAGMENT, BULK_LABEL_FRAGMENT, KEEP_TASK_FRAGMENT, RESULTS_FRAGMENT,
     SCORES_FRAGMENT, VIEWS_FRAGMENT, PREDICTIONS_FRAGMENT, QUERY_CHANGE, query_result_fragment, label_change,
+    class_row_fragment, support_change, rename_change,
 )
 from app.workspace import QUERIES, TASK, Workspace
 
@@ -279,16 +280,19 @@ def on_restore() -> None:
 @_guarded
 def on_rename(index: int, key: str) -> None:
     workspace().rename(index, str(st.session_state.get(key) or ""))
+    rerun_only(rename_change(index))
 
 
 @_guarded
 def on_delete_support(index: int, example_id: str) -> None:
     workspace().delete_support(index, example_id)
+    rerun_only(support_change(index))
 
 
 @_guarded
 def on_clear_class(index: int) -> None:
     workspace().clear_class(index)
+    rerun_only(support_change(index))
 
 
 @_guarded
@@ -335,6 +339,8 @@ def on_upload(target: str, key: str) -> None:
     ws.upload_generation[target] = ws.upload_generation.get(target, 0) + 1
     if target == QUERIES:
         rerun_only(QUERY_CHANGE)
+    elif target.startswith("class-"):
+        rerun_only(support_change(int(target.split("-")[1])))
 
 
 @_guarded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,31 @@ def example_card(example: Example, on_delete: Callable[..., None], args: tuple[A
                       icon=":material/close:", help="Delete this example")
 
 
+def on_class_drawn(index: int) -> None:
+    """A class pad's Add: rerun that row and the results (the drawing is handled in the row's run),
+    and the row of the next pad too when this drawing fills the class (the focus moves there)."""
+    ws = state.workspace()
+    free = sum(example is None for example in ws.classes[index].slots[: ws.shots])
+    following = next_pad(ws, index)
+    more = () if free != 1 else (
+        state.QUERIES_FRAGMENT if following == state.QUERY_PAD else
+        state.class_row_fragment(int(following.rsplit("-", 1)[1])),)
+    state.rerun_only(state.support_change(index, *more))
+
+
+def show_callback_error() -> None:
+    """A failed callback of a widget in a row, when only that row reruns."""
+    callback_error = state.pop_callback_error()
+    if callback_error:
+        st.error(f"That action failed ({callback_error}); your drawings are kept.")
+
+
+def render_class_row(index: int) -> None:
+    """A class's row as its own fragment (see :func:`render_builder`)."""
+    show_callback_error()
+    render_class(state.workspace(), index)
+
+
 def render_class(ws: Workspace, index: int) -> None:
     """One support class: its drawing pad on the left; name, tools, examples and messages on the right."""
     target = class_target(index)
@@ -65,7 +91,8 @@ def render_class(ws: Workspace, index: int) -> None:
         submission = drawing_pad(
             pad_key, label="Add", size=PAD_SIZE, seen=ws.pad_seen, full=full,
             full_text=f"Full ({ws.shots}/{ws.shots}): delete an example or raise K.",
-            hint="Draw, then Add (Enter).", aria=f"drawing pad for class {index + 1}", focus=ws.focus_token(pad_key))
+            hint="Draw, then Add (Enter).", aria=f"drawing pad for class {index + 1}", focus=ws.focus_token(pad_key),
+            on_submit=functools.partial(on_class_drawn, index))
         if handle_pad(ws, target, submission) and support_class.first_free(ws.shots) is None:
             ws.request_focus(next_pad(ws, index))
         with st.container(gap="small", key=f"side-{target}"):
@@ -120,9 +147,7 @@ def render_queries() -> None:
     A fragment: adding, deleting or uploading queries reruns it and the results
     (:data:`app.state.QUERY_CHANGE`), not the support set above."""
     ws = state.workspace()
-    callback_error = state.pop_callback_error()
-    if callback_error:  # a callback of a widget in this row, when only this row reruns
-        st.error(f"That action failed ({callback_error}); your drawings are kept.")
+    show_callback_error()
     target = QUERIES
     with st.container(border=True, key="row-queries", horizontal=True, gap="medium"):
         with st.container(width=PAD_SIZE + 4, gap="small", key="side-queries-pad"):
@@ -214,7 +239,8 @@ def render_builder(ws: Workspace) -> None:
                     "The same seed, N and K bring this task back.", icon=":material/casino:")
         st.markdown(f"#### Support set · {ws.ways}-way {ws.shots}-shot")
         for index in range(ws.ways):
-            render_class(ws, index)
+            # Each row is a fragment: adding or deleting an example reruns that row and the results only.
+            st.fragment(key=state.class_row_fragment(index))(render_class_row)(index)
         hidden = ws.hidden_classes_with_examples()
         if hidden:
             st.caption(f"Classes {', '.join(str(i + 1) for i in hidden)} keep their examples while hidden: "

@@ -307,9 +307,10 @@ def test_rename_delete_and_resize_keep_the_work(models_dir: Path) -> None:
     assert ws.display_name(0) == "Cross"
     query = ws.queries[0]
     assert "1. Cross" in at.selectbox(key=query_label_key(ws, query.example.id)).options
-    # Delete one example.
+    # Delete one example (another row: a rename redraws only its own row, the queries and the results).
     example = ws.classes[1].examples(2)[0]
-    at.button(key=f"del-{example.id}").click().run()
+    assert f"del-{example.id}" not in [button.key for button in at.button]
+    whole_page(at).button(key=f"del-{example.id}").click().run()
     assert ws.classes[1].examples(2) == []
     assert any("no examples" in w for w in texts(at, "warning"))  # class 2 now blocks running
     draw(at, class_pad(1), shape_png(1))
@@ -340,11 +341,11 @@ def test_uploads_fill_a_class_and_the_queries(models_dir: Path) -> None:
     # The uploader starts empty again (a new widget), ready for more.
     assert at.file_uploader(key="upload-class-0-1-0").value == []
     # Too many files for the free slots: the rest are refused with a message, nothing lost.
-    at.file_uploader(key="upload-class-1-0-0").set_value(
+    whole_page(at).file_uploader(key="upload-class-1-0-0").set_value(
         [(f"b{i}.png", shape_png(1, jitter=0.02 * i), "image/png") for i in range(4)]).run()
     assert len(ws.classes[1].examples(3)) == 3
     assert any("1 file was not added" in w for w in texts(at, "warning"))
-    at.file_uploader(key="upload-queries-0-0").set_value([("q.png", shape_png(0), "image/png")]).run()
+    whole_page(at).file_uploader(key="upload-queries-0-0").set_value([("q.png", shape_png(0), "image/png")]).run()
     assert len(ws.queries) == 1
     assert sorted(summary(at)["algorithm"]) == ALL
 
