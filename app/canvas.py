@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from importlib import resources
 from typing import Any
 
@@ -38,15 +38,16 @@ def _noop() -> None:
 
 def drawing_pad(key: str, *, label: str = "Add", hint: str = "", full: bool = False, full_text: str = "",
                 size: int = 150, seen: MutableMapping[str, str] | None = None, aria: str = "",
-                focus: str = "") -> dict[str, Any] | None:
+                focus: str = "", on_submit: Callable[[], None] = _noop) -> dict[str, Any] | None:
     """Mount a pad; return a *new* submission ``{"png": data_url, "nonce": ...}`` once, else None.
 
     ``seen`` maps pad keys to the last nonce handled (kept in the session's own state), so a
-    submission is returned exactly once however many reruns follow.
+    submission is returned exactly once however many reruns follow. ``on_submit`` runs before the
+    rerun that hands it over (it may choose which fragments rerun; the drawing is handled in the run).
     """
     data = {"label": label, "hint": hint, "full": full, "fullText": full_text, "size": size, "id": key,
             "aria": aria or label, "focus": focus}
-    result = _pad(key=key, data=data, on_submission_change=_noop, width="content")
+    result = _pad(key=key, data=data, on_submission_change=on_submit, width="content")
     submission = result.get("submission") if result is not None else None
     if not isinstance(submission, dict):
         return None

@@ -22,6 +22,9 @@ FIT_X = alt.AutoSizeParams(type="fit-x", contains="padding")
 """Fill the container's width but keep the requested plot height (Streamlit's default "fit" squashes
 charts that have titles and legends)."""
 
+CHART_RENDERER = "canvas"
+"""Vega's renderer in the page (see :func:`to_spec`)."""
+
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#9d755d", "#ff9da6",
            "#bab0ac"]
 
@@ -32,8 +35,11 @@ def to_spec(chart: alt.TopLevelMixin, validate: bool = True) -> dict:
     The app compiles each chart once per comparison and re-renders the spec with
     ``st.vega_lite_chart``: re-validating every chart on every rerun costs more than the maths.
     ``validate=False`` for another frame of a chart already validated (the playback's steps).
+    Drawn on a canvas: as SVG each per-query chart is ~1,100 DOM nodes, and with a dozen of them every
+    change anywhere on the page (a label pick) costs the browser a style and layout pass over ~14,000 nodes.
     """
     spec = chart.to_dict(validate=validate)
+    spec["usermeta"] = {**spec.get("usermeta", {}), "embedOptions": {"renderer": CHART_RENDERER}}
     view = spec.get("config", {}).get("view", {})
     view.pop("continuousWidth", None)
     view.pop("continuousHeight", None)

@@ -141,7 +141,53 @@ def bulk_label_queries_key(ws: Workspace) -> str:
     return f"bulk-queries-{ws.generation}-{len(ws.queries)}-{abs(hash(ids)) % 10**8}"
 
 
+# --------------------------------------------------------------------------- fragments (partial reruns)
+# The builder and the results are one fragment (a change of N, K or the algorithms reruns it whole);
+# inside it, keyed fragments (each class's row, the queries' row, the results and the parts of the
+# results that show labels) rerun alone when only they depend on what changed (see :func:`app.state.rerun_only`).
+QUERIES_FRAGMENT: Final = "frag-queries"
+BULK_LABEL_FRAGMENT: Final = "frag-bulk-label"
+KEEP_TASK_FRAGMENT: Final = "frag-keep-task"
+RESULTS_FRAGMENT: Final = "frag-results"
+SCORES_FRAGMENT: Final = "frag-scores"
+VIEWS_FRAGMENT: Final = "frag-views"
+PREDICTIONS_FRAGMENT: Final = "frag-predictions"
+QUERY_CHANGE: Final = (QUERIES_FRAGMENT, KEEP_TASK_FRAGMENT, RESULTS_FRAGMENT)
+"""A query added, deleted or relabelled in bulk: the queries' row, the copy kept for reloads and
+the results (the comparison predicts again; the adapted learners are kept)."""
+
+
+def class_row_fragment(index: int) -> str:
+    """The fragment of support class ``index``'s row (pad, name, tools, examples)."""
+    return f"frag-class-{index}"
+
+
+def support_change(index: int, *more: str) -> tuple[str, ...]:
+    """Class ``index``'s examples changed: its row, the copy kept for reloads, the results (which
+    adapt again), and ``more`` (the row whose pad gets the focus when this class fills up)."""
+    return (class_row_fragment(index), *more, KEEP_TASK_FRAGMENT, RESULTS_FRAGMENT)
+
+
+def rename_change(index: int) -> tuple[str, ...]:
+    """Class ``index`` renamed: its row, the queries (their class boxes name it), the results."""
+    return (class_row_fragment(index), QUERIES_FRAGMENT, KEEP_TASK_FRAGMENT, RESULTS_FRAGMENT)
+
+
+def query_result_fragment(example_id: str) -> str:
+    """The fragment of one query's result block."""
+    return f"frag-query-result-{example_id}"
+
+
+def label_change(example_id: str) -> tuple[str, ...]:
+    """One query's true class picked: what shows labels (not the builder, the charts or the comparison)."""
+    return (BULK_LABEL_FRAGMENT, KEEP_TASK_FRAGMENT, SCORES_FRAGMENT, VIEWS_FRAGMENT, PREDICTIONS_FRAGMENT,
+            query_result_fragment(example_id))
+
+
 __all__ = [
+    "QUERIES_FRAGMENT", "BULK_LABEL_FRAGMENT", "KEEP_TASK_FRAGMENT", "RESULTS_FRAGMENT", "SCORES_FRAGMENT",
+    "VIEWS_FRAGMENT", "PREDICTIONS_FRAGMENT", "QUERY_CHANGE", "query_result_fragment", "label_change",
+    "class_row_fragment", "support_change", "rename_change",
     "WORKSPACE",
     "RESULTS",
     "CALLBACK_ERROR",

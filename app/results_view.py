@@ -11,7 +11,7 @@ from app import charts, state
 from app.images import Example
 from app.models import ModelEntry, models_dir
 from app.compute_queue import QueueFull
-from app.run import RunRecord, current_labels, run_comparison, scored
+from app.run import RunRecord, current_labels, run_comparison, scored, task_problems
 from app.task_builder import CARD_PADDING, NETWORK_WIDTH
 from app.views import ViewContext, render_views
 from app.views.about import render_about
@@ -31,8 +31,13 @@ def plural(count: int, one: str = "", many: str = "s") -> str:
     return one if count == 1 else many
 
 
-def render_results(ws: Workspace, models: dict[str, ModelEntry], selected: list[str], settings: AdaptSettings,
-                   problems: dict[str, str], device_text: str) -> None:
+@st.fragment(key=state.RESULTS_FRAGMENT)
+def render_results(models: dict[str, ModelEntry], selected: list[str], settings: AdaptSettings,
+                   device_text: str) -> None:
+    """A fragment: a query change reruns it (and the queries' row), not the support set. A label pick
+    reruns only its parts that show labels (:func:`app.state.label_change`)."""
+    ws = state.workspace()
+    problems = task_problems(ws)
     st.markdown("#### Results")
     key = (ws.task_key(), tuple(selected), settings, tuple(id(models[n].learner) for n in selected))
     runnable = bool(selected) and not problems
@@ -107,10 +112,53 @@ def queue_text(ahead: int) -> str:
 
 def show_record(ws: Workspace, record: RunRecord, device_text: str, learners: dict[str, Learner] | None = None,
                 settings: AdaptSettings | None = None, current: bool = False) -> None:
-    labels = current_labels(ws, record)
-    results = scored(record.results, labels)
+    results = scored(record.results, current_labels(ws, record))
     names = [r.name for r in results]
-    class_names = [ws.display_name(i) for i in range(record.ways)]
+    render_scores(device_text)
+    render_about(names)
+
+    curves = st.columns(2)
+    with curves[0]:
+        st.vega_lite_chart(record.chart(("loss",), lambda: charts.loss_chart(results, names)), width="stretch")
+    with curves[1]:
+        st.vega_lite_chart(record.chart(("accuracy",), lambda: charts.accuracy_chart(results, names)),
+                           width="stretch")
+    if any(r.ok for r in results):
+        st.vega_lite_chart(record.chart(("time",), lambda: charts.time_chart(results, names)), width="stretch")
+    render_views_fragment(learners or {}, settings or AdaptSettings(), current and learners is not None, device_text)
+
+    queries = len(record.queries)
+    if not queries:
+        st.info("Add queries (draw or upload them under the support set) to see each algorithm's predictions.")
+        return
+    render_predictions()
+    show_all = True
+    if queries > DETAILED_QUERY_LIMIT:
+        show_all = st.toggle(f"Probability charts for all {queries} queries", key=state.ALL_QUERY_CHARTS,
+                             value=False)
+    limit = queries if show_all else DETAILED_QUERY_LIMIT
+    below = state.value(state.LAYOUT) == state.LAYOUTS[2]
+    chart_width = WIDE_CHART_WIDTH if below else NARROW_CHART_WIDTH
+    for example in record.queries[:limit]:
+        # Each query's block is its own fragment: a label pick redraws that block only.
+        st.fragment(key=state.query_result_fragment(example.id))(render_query_result)(example.id, chart_width)
+    if limit < queries:
+        st.caption(f"{queries - limit} more queries are in the predictions table above.")
+
+
+def shown_record() -> tuple[Workspace, RunRecord, list[int | None], list[AlgorithmResult], list[str]]:
+    """What a part of the results shows: the workspace, the last comparison, the current labels, the
+    results scored against them, and the class names (each part reruns alone, so it reads them itself)."""
+    ws, record = state.workspace(), state.last_results()
+    assert record is not None  # the parts are drawn only under a comparison
+    labels = current_labels(ws, record)
+    return ws, record, labels, scored(record.results, labels), [ws.display_name(i) for i in range(record.ways)]
+
+
+@st.fragment(key=state.SCORES_FRAGMENT)
+def render_scores(device_text: str) -> None:
+    """The comparison's caption, each algorithm's problems, and the ranking table."""
+    _, record, labels, results, _ = shown_record()
     labelled = sum(label is not None for label in labels)
     queries = len(record.queries)
     st.caption(f"{record.ways}-way, {record.support_count} support examples, {queries} "
@@ -126,36 +174,29 @@ def show_record(ws: Workspace, record: RunRecord, device_text: str, learners: di
             st.warning(f"**{result.name}**: {result.warning}", icon=":material/warning:")
         for note in result.notes:
             st.info(f"**{result.name}**: {note}", icon=":material/info:")
-
     summary_table(results, labelled)
-    render_about(names)
 
-    curves = st.columns(2)
-    with curves[0]:
-        st.vega_lite_chart(record.chart(("loss",), lambda: charts.loss_chart(results, names)), width="stretch")
-    with curves[1]:
-        st.vega_lite_chart(record.chart(("accuracy",), lambda: charts.accuracy_chart(results, names)),
-                           width="stretch")
-    if any(r.ok for r in results):
-        st.vega_lite_chart(record.chart(("time",), lambda: charts.time_chart(results, names)), width="stretch")
-    render_views(ViewContext(ws, record, results, labels, class_names, learners or {}, settings or AdaptSettings(),
-                             current=current and learners is not None, device_text=device_text))
 
-    if not record.queries:
-        st.info("Add queries (draw or upload them under the support set) to see each algorithm's predictions.")
-        return
+@st.fragment(key=state.VIEWS_FRAGMENT)
+def render_views_fragment(learners: dict[str, Learner], settings: AdaptSettings, current: bool,
+                          device_text: str) -> None:
+    ws, record, labels, results, class_names = shown_record()
+    render_views(ViewContext(ws, record, results, labels, class_names, learners, settings, current=current,
+                             device_text=device_text))
+
+
+@st.fragment(key=state.PREDICTIONS_FRAGMENT)
+def render_predictions() -> None:
+    _, record, labels, results, class_names = shown_record()
     predictions_table(results, record, labels, class_names)
-    show_all = True
-    if queries > DETAILED_QUERY_LIMIT:
-        show_all = st.toggle(f"Probability charts for all {queries} queries", key=state.ALL_QUERY_CHARTS,
-                             value=False)
-    limit = queries if show_all else DETAILED_QUERY_LIMIT
-    below = state.value(state.LAYOUT) == state.LAYOUTS[2]
-    chart_width = WIDE_CHART_WIDTH if below else NARROW_CHART_WIDTH
-    for index, example in enumerate(record.queries[:limit]):
-        query_block(record, results, index, example, labels[index], class_names, chart_width)
-    if limit < queries:
-        st.caption(f"{queries - limit} more queries are in the predictions table above.")
+
+
+def render_query_result(example_id: str, chart_width: int) -> None:
+    """One query's block (a fragment per query, see :func:`show_record`)."""
+    _, record, labels, results, class_names = shown_record()
+    index = next((i for i, example in enumerate(record.queries) if example.id == example_id), None)
+    if index is not None:
+        query_block(record, results, index, record.queries[index], labels[index], class_names, chart_width)
 
 
 def summary_frame(results: list[AlgorithmResult], labelled: int) -> pd.DataFrame:

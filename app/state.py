@@ -25,7 +25,9 @@ from app.keys import (  # noqa: F401 - re-exported: the app names every key thro
     EXPORT_SVG, LAYOUTS, MODEL_DEFAULT, MAX_QUERIES_PER_CLASS, INITIAL_SEED_RANGE, NEW_SEED_RANGE, MAX_SEED,
     PERSISTED_SETTINGS, pad_key, QUERY_PAD, class_name_key, upload_key, upload_popover_key, clear_class_key,
     clear_queries_key, delete_example_key, delete_query_key, query_label_key, open_task_key,
-    bulk_label_queries_key,
+    bulk_label_queries_key, QUERIES_FRAGMENT, BULK_LABEL_FRAGMENT, KEEP_TASK_FRAGMENT, RESULTS_FRAGMENT,
+    SCORES_FRAGMENT, VIEWS_FRAGMENT, PREDICTIONS_FRAGMENT, QUERY_CHANGE, query_result_fragment, label_change,
+    class_row_fragment, support_change, rename_change,
 )
 from app.workspace import QUERIES, TASK, Workspace
 
@@ -229,6 +231,29 @@ def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
+# --------------------------------------------------------------------------- partial reruns
+
+
+def rerun_only(fragments: Sequence[str]) -> None:
+    """From a widget callback: rerun only ``fragments`` (those on the page now), in this order,
+    instead of the fragment the widget is in. None on the page: the usual rerun."""
+    from streamlit.errors import StreamlitAPIException
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    context = get_script_run_ctx()
+    if context is None:
+        return
+    shown = []
+    for key in fragments:
+        try:
+            context.fragment_storage.resolve_target(key)
+        except StreamlitAPIException:
+            continue  # not drawn this time (no results yet, a query without its chart)
+        shown.append(key)
+    if shown:
+        st.rerun(shown)
+
+
 @_guarded
 def on_size_change() -> None:
     workspace().set_size(st.session_state[WAYS], st.session_state[SHOTS])
@@ -255,21 +280,25 @@ def on_restore() -> None:
 @_guarded
 def on_rename(index: int, key: str) -> None:
     workspace().rename(index, str(st.session_state.get(key) or ""))
+    rerun_only(rename_change(index))
 
 
 @_guarded
 def on_delete_support(index: int, example_id: str) -> None:
     workspace().delete_support(index, example_id)
+    rerun_only(support_change(index))
 
 
 @_guarded
 def on_clear_class(index: int) -> None:
     workspace().clear_class(index)
+    rerun_only(support_change(index))
 
 
 @_guarded
 def on_delete_query(example_id: str) -> None:
     workspace().delete_query(example_id)
+    rerun_only(QUERY_CHANGE)
 
 
 @_guarded
@@ -277,12 +306,19 @@ def on_clear_queries() -> None:
     ws = workspace()
     ws.queries = []
     ws.clear_messages(QUERIES)
+    rerun_only(QUERY_CHANGE)
+
+
+def on_query_drawn() -> None:
+    """The query pad's Add: the drawing is handled in the queries' rerun, then the results rerun."""
+    rerun_only(QUERY_CHANGE)
 
 
 @_guarded
 def on_query_label(example_id: str, key: str) -> None:
     label = st.session_state.get(key)
     workspace().set_query_label(example_id, None if label is None or label < 0 else int(label))
+    rerun_only(label_change(example_id))
 
 
 @_guarded
@@ -301,6 +337,10 @@ def on_upload(target: str, key: str) -> None:
     if batch:
         ws.ingest_files(target, batch, query_label=new_query_label() if target == QUERIES else None)
     ws.upload_generation[target] = ws.upload_generation.get(target, 0) + 1
+    if target == QUERIES:
+        rerun_only(QUERY_CHANGE)
+    elif target.startswith("class-"):
+        rerun_only(support_change(int(target.split("-")[1])))
 
 
 @_guarded
@@ -324,6 +364,7 @@ def on_bulk_label(key: str) -> None:
     ws.clear_messages(QUERIES)
     changed = ws.set_labels(picked, None if label is None or label < 0 else int(label))
     ws.say(QUERIES, "success", f"{changed} quer{'y' if changed == 1 else 'ies'} relabelled.")
+    rerun_only(QUERY_CHANGE)
 
 
 @_guarded

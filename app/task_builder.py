@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,31 @@ def example_card(example: Example, on_delete: Callable[..., None], args: tuple[A
                       icon=":material/close:", help="Delete this example")
 
 
+def on_class_drawn(index: int) -> None:
+    """A class pad's Add: rerun that row and the results (the drawing is handled in the row's run),
+    and the row of the next pad too when this drawing fills the class (the focus moves there)."""
+    ws = state.workspace()
+    free = sum(example is None for example in ws.classes[index].slots[: ws.shots])
+    following = next_pad(ws, index)
+    more = () if free != 1 else (
+        state.QUERIES_FRAGMENT if following == state.QUERY_PAD else
+        state.class_row_fragment(int(following.rsplit("-", 1)[1])),)
+    state.rerun_only(state.support_change(index, *more))
+
+
+def show_callback_error() -> None:
+    """A failed callback of a widget in a row, when only that row reruns."""
+    callback_error = state.pop_callback_error()
+    if callback_error:
+        st.error(f"That action failed ({callback_error}); your drawings are kept.")
+
+
+def render_class_row(index: int) -> None:
+    """A class's row as its own fragment (see :func:`render_builder`)."""
+    show_callback_error()
+    render_class(state.workspace(), index)
+
+
 def render_class(ws: Workspace, index: int) -> None:
     """One support class: its drawing pad on the left; name, tools, examples and messages on the right."""
     target = class_target(index)
@@ -65,7 +91,8 @@ def render_class(ws: Workspace, index: int) -> None:
         submission = drawing_pad(
             pad_key, label="Add", size=PAD_SIZE, seen=ws.pad_seen, full=full,
             full_text=f"Full ({ws.shots}/{ws.shots}): delete an example or raise K.",
-            hint="Draw, then Add (Enter).", aria=f"drawing pad for class {index + 1}", focus=ws.focus_token(pad_key))
+            hint="Draw, then Add (Enter).", aria=f"drawing pad for class {index + 1}", focus=ws.focus_token(pad_key),
+            on_submit=functools.partial(on_class_drawn, index))
         if handle_pad(ws, target, submission) and support_class.first_free(ws.shots) is None:
             ws.request_focus(next_pad(ws, index))
         with st.container(gap="small", key=f"side-{target}"):
@@ -113,14 +140,20 @@ def next_pad(ws: Workspace, index: int) -> str:
     return state.QUERY_PAD
 
 
-def render_queries(ws: Workspace) -> None:
-    """The query pad and uploads on the left; each query with its network input and true class."""
+@st.fragment(key=state.QUERIES_FRAGMENT)
+def render_queries() -> None:
+    """The query pad and uploads on the left; each query with its network input and true class.
+
+    A fragment: adding, deleting or uploading queries reruns it and the results
+    (:data:`app.state.QUERY_CHANGE`), not the support set above."""
+    ws = state.workspace()
+    show_callback_error()
     target = QUERIES
     with st.container(border=True, key="row-queries", horizontal=True, gap="medium"):
         with st.container(width=PAD_SIZE + 4, gap="small", key="side-queries-pad"):
             submission = drawing_pad(state.QUERY_PAD, label="Add query", size=PAD_SIZE, seen=ws.pad_seen,
                                      hint="Draw, then Add (Enter).", aria="drawing pad for queries",
-                                     focus=ws.focus_token(state.QUERY_PAD))
+                                     focus=ws.focus_token(state.QUERY_PAD), on_submit=state.on_query_drawn)
             new_label_box(ws)
             handle_pad(ws, target, submission, state.new_query_label())
             upload_key = state.upload_key(ws, target)
@@ -133,7 +166,7 @@ def render_queries(ws: Workspace) -> None:
                 st.markdown(f"**{len(ws.queries)} quer{'y' if len(ws.queries) == 1 else 'ies'}**", width="content")
                 st.caption("Characters to classify. Pick each one's true class to get accuracies.", width="content")
                 if ws.queries:
-                    bulk_label_popover(ws)
+                    bulk_label_popover()
                     st.button("Clear", key=state.clear_queries_key(ws.generation), on_click=state.on_clear_queries,
                               type="tertiary", icon=":material/delete:", help="Delete every query")
             with st.container(horizontal=True, gap="small", key="slots-queries", wrap=True):
@@ -159,8 +192,11 @@ def new_label_box(ws: Workspace) -> None:
                       "query's own box changes it).")
 
 
-def bulk_label_popover(ws: Workspace) -> None:
-    """"Label several": pick queries (the unlabelled ones to start with) and give them one class."""
+@st.fragment(key=state.BULK_LABEL_FRAGMENT)
+def bulk_label_popover() -> None:
+    """"Label several": pick queries (the unlabelled ones to start with) and give them one class.
+    A fragment: a label pick reruns it (its starting picks) without the query cards."""
+    ws = state.workspace()
     with st.popover("Label several", icon=":material/label:", help="Give many queries the same true class"):
         numbers = {q.example.id: number for number, q in enumerate(ws.queries, start=1)}
         picker = state.bulk_label_queries_key(ws)
@@ -203,10 +239,11 @@ def render_builder(ws: Workspace) -> None:
                     "The same seed, N and K bring this task back.", icon=":material/casino:")
         st.markdown(f"#### Support set · {ws.ways}-way {ws.shots}-shot")
         for index in range(ws.ways):
-            render_class(ws, index)
+            # Each row is a fragment: adding or deleting an example reruns that row and the results only.
+            st.fragment(key=state.class_row_fragment(index))(render_class_row)(index)
         hidden = ws.hidden_classes_with_examples()
         if hidden:
             st.caption(f"Classes {', '.join(str(i + 1) for i in hidden)} keep their examples while hidden: "
                        "raise N to bring them back.")
         st.markdown("#### Queries")
-        render_queries(ws)
+        render_queries()

@@ -21,7 +21,6 @@ from app.persistence import TaskFileError, apply_task, read_task, write_task
 from app.models import ModelEntry
 from app.resources import get_models
 from app.results_view import render_results
-from app.run import task_problems
 from app.sidebar import render_sidebar
 from app.task_builder import render_builder
 from app.task_store import default_store, signature
@@ -120,10 +119,15 @@ def task_and_results(ws: Workspace, models: dict[str, ModelEntry], selected: lis
             left, right = st.columns(list(TASK_TO_RESULTS_WIDTH), gap="large")
     with left:
         render_builder(ws)
-    problems = task_problems(ws)  # after the builder: it handles this run's drawings and uploads
-    keep_task(ws)
+    render_keep_task()  # after the builder: it handles this run's drawings and uploads
     with right:
-        render_results(ws, models, selected, settings, problems, device_text)
+        render_results(models, selected, settings, device_text)
+
+
+@st.fragment(key=state.KEEP_TASK_FRAGMENT)
+def render_keep_task() -> None:
+    """A fragment (nothing to see unless it fails): reruns with any part that changes the task."""
+    keep_task(state.workspace())
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from app.compute_queue import ComputeQueue, QueueFull, Superseded
 from engine.compare import AdaptedCache, adapt_all, compare, predict_all, prepare_task, support_fingerprint
 from engine.learners import LEARNERS, AdaptSettings, Learner
 from engine.nets import BackboneConfig
-from tests.test_app import class_pad, draw, fill_task, shape_png, start, workspace
+from tests.test_app import class_pad, draw, fill_task, shape_png, start, whole_page, workspace
 from tests.test_app import models_dir  # noqa: F401 - the fixture
 from tests.test_compare import blobs
 
@@ -178,6 +178,7 @@ def test_the_app_adapts_only_when_the_support_set_or_the_settings_change(models_
     label_box.set_value(1).run()  # a label: scoring only
     assert cache.adaptations == count
     assert [workspace(at).query_label(q) for q in workspace(at).queries].count(1) == 1
+    whole_page(at)  # a label pick redraws only what shows labels (AppTest keeps only the last run's elements)
     at.button(key=f"qdel-{ws.queries[0].example.id}").click().run()  # deleting a query: predictions only
     assert cache.adaptations == count and len(workspace(at).queries) == 1
     draw(at, class_pad(0), shape_png(3))  # a new support example: every algorithm adapts again

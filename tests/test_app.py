@@ -106,6 +106,14 @@ def class_pad(index: int) -> str:
     return f"pad-class-{index}"
 
 
+def whole_page(at: AppTest) -> AppTest:
+    """Draw the whole page again. A label pick or a query change reruns only some fragments, and
+    AppTest keeps only what the last run drew (a browser keeps the rest of the page)."""
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
 def texts(at: AppTest, kind: str) -> list[str]:
     return [element.value for element in getattr(at, kind)]
 
@@ -202,12 +210,43 @@ def test_drawn_task_gives_results_for_every_algorithm(models_dir: Path) -> None:
     assert len(at.get("vega_lite_chart")) == 3 + 3  # loss, accuracy, time + one per query
     # Label the queries: accuracy column appears and the table is ranked.
     for number, query in enumerate(ws.queries):
+        if number:
+            whole_page(at)  # the next query's box is not redrawn by a label pick
         at.selectbox(key=query_label_key(ws, query.example.id)).set_value(number).run()
     table = summary(at)
     assert list(table["rank"]) == list(range(1, len(ALL) + 1))
     assert table["query accuracy"].is_monotonic_decreasing
     assert all(0.0 <= value <= 1.0 for value in table["query accuracy"])
     assert not at.exception
+
+
+def test_a_label_pick_reruns_only_what_shows_labels(models_dir: Path) -> None:
+    at = start(ways=3)
+    fill_task(at, 3, queries=(0, 1))
+    ws = workspace(at)
+    first, second = ws.queries
+    at.selectbox(key=query_label_key(ws, second.example.id)).set_value(1).run()
+    assert not at.exception
+    assert [q.label for q in ws.queries] == [None, 1]
+    # Redrawn: the ranking (now scored), the predictions table and the picked query's chart...
+    assert "correct" in summary(at).columns
+    assert "| 2 | 2. " in "\n".join(texts(at, "markdown"))
+    assert len(at.get("vega_lite_chart")) == 1
+    # ...not the support set, the query cards, the inner-loop charts or the comparison.
+    assert not at.text_input and not [b for b in at.selectbox if str(b.key).startswith("qlabel-")]
+    assert "0 labelled" not in "\n".join(texts(at, "caption")) and "(1 labelled)" in "\n".join(texts(at, "caption"))
+
+
+def test_a_query_change_reruns_the_queries_and_results_not_the_support_set(models_dir: Path) -> None:
+    at = start(ways=3)
+    fill_task(at, 3, queries=(0, 1))
+    ws = workspace(at)
+    at.button(key=f"qdel-{ws.queries[0].example.id}").click().run()
+    assert not at.exception and len(ws.queries) == 1
+    assert not at.text_input  # the class names (support rows) were not redrawn
+    assert [b for b in at.selectbox if str(b.key).startswith("qlabel-")]  # the query cards were
+    assert "1 query (0 labelled)" in "\n".join(texts(at, "caption"))  # and the results, predicting again
+    assert len(at.get("vega_lite_chart")) == 3 + 1
 
 
 def test_a_drawing_is_added_exactly_once(models_dir: Path) -> None:
@@ -268,9 +307,10 @@ def test_rename_delete_and_resize_keep_the_work(models_dir: Path) -> None:
     assert ws.display_name(0) == "Cross"
     query = ws.queries[0]
     assert "1. Cross" in at.selectbox(key=query_label_key(ws, query.example.id)).options
-    # Delete one example.
+    # Delete one example (another row: a rename redraws only its own row, the queries and the results).
     example = ws.classes[1].examples(2)[0]
-    at.button(key=f"del-{example.id}").click().run()
+    assert f"del-{example.id}" not in [button.key for button in at.button]
+    whole_page(at).button(key=f"del-{example.id}").click().run()
     assert ws.classes[1].examples(2) == []
     assert any("no examples" in w for w in texts(at, "warning"))  # class 2 now blocks running
     draw(at, class_pad(1), shape_png(1))
@@ -278,7 +318,7 @@ def test_rename_delete_and_resize_keep_the_work(models_dir: Path) -> None:
     draw(at, class_pad(2), shape_png(4))
     draw(at, class_pad(0), shape_png(0, jitter=0.05))
     at.selectbox(key=query_label_key(ws, query.example.id)).set_value(2).run()  # query is class 3
-    at.slider(key="ways").set_value(2).run()
+    whole_page(at).slider(key="ways").set_value(2).run()
     assert at.selectbox(key=query_label_key(ws, query.example.id)).value == -1  # class 3 is hidden
     at.slider(key="shots").set_value(1).run()
     assert ws.ways == 2 and ws.shots == 1
@@ -301,11 +341,11 @@ def test_uploads_fill_a_class_and_the_queries(models_dir: Path) -> None:
     # The uploader starts empty again (a new widget), ready for more.
     assert at.file_uploader(key="upload-class-0-1-0").value == []
     # Too many files for the free slots: the rest are refused with a message, nothing lost.
-    at.file_uploader(key="upload-class-1-0-0").set_value(
+    whole_page(at).file_uploader(key="upload-class-1-0-0").set_value(
         [(f"b{i}.png", shape_png(1, jitter=0.02 * i), "image/png") for i in range(4)]).run()
     assert len(ws.classes[1].examples(3)) == 3
     assert any("1 file was not added" in w for w in texts(at, "warning"))
-    at.file_uploader(key="upload-queries-0-0").set_value([("q.png", shape_png(0), "image/png")]).run()
+    whole_page(at).file_uploader(key="upload-queries-0-0").set_value([("q.png", shape_png(0), "image/png")]).run()
     assert len(ws.queries) == 1
     assert sorted(summary(at)["algorithm"]) == ALL
 
@@ -491,7 +531,7 @@ def test_queries_drawn_and_uploaded_as_a_class_and_labelled_in_bulk(models_dir: 
         [(f"q{i}.png", shape_png(1, jitter=0.03 * i), "image/png") for i in range(2)]).run()
     ws = workspace(at)
     assert [q.label for q in ws.queries] == [None, 1, 1, 1]
-    at.slider(key="ways").set_value(2).run()  # class 2 still offered; a hidden class would fall back to "class?"
+    whole_page(at).slider(key="ways").set_value(2).run()  # class 2 still offered; a hidden class would fall back to "class?"
     assert at.selectbox(key="new_query_label").value == 1
     # Label several: the picker starts with the unlabelled queries; give them class 1.
     picker = next(box for box in at.multiselect if str(box.key).startswith("bulk-queries-"))

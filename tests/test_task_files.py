@@ -26,7 +26,9 @@ from app.persistence import MANIFEST, MAX_IMAGE_BYTES, TaskFileError, apply_task
 from app.task_store import TaskStore, new_token, valid_token
 from app.workspace import TASK, Workspace
 from tests.corpus.task_files import manifest, members, task, task_cases, zipped
-from tests.test_app import MAIN, TIMEOUT, class_pad, draw, models_dir, shape_png, start, texts, workspace  # noqa: F401
+from tests.test_app import (  # noqa: F401
+    MAIN, TIMEOUT, class_pad, draw, models_dir, shape_png, start, texts, whole_page, workspace,
+)
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -181,11 +183,11 @@ def test_a_reload_brings_back_drawings_uploads_labels_and_settings(models_dir: P
     for index in range(3):
         draw(at, class_pad(index), shape_png(index))
     at.file_uploader(key="upload-class-0-0-0").set_value([("up.png", shape_png(0, jitter=0.05), "image/png")]).run()
-    at.selectbox(key="new_query_label").set_value(2).run()
+    whole_page(at).selectbox(key="new_query_label").set_value(2).run()  # an upload reran only its row
     draw(at, "pad-queries", shape_png(2, jitter=0.03))
     ws = workspace(at)
     at.text_input(key=f"name-1-{ws.generation}").set_value("Ring").run()
-    at.toggle(key="use_defaults").set_value(False).run()
+    whole_page(at).toggle(key="use_defaults").set_value(False).run()
     at.slider(key="steps").set_value(4).run()
     at.multiselect(key="algorithms").set_value(["maml", "protonet"]).run()
     assert [q.label for q in ws.queries] == [2]  # drawn "as class 3"

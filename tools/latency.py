@@ -85,7 +85,7 @@ def time_add_support(page: Any, shape: Any) -> float:
     page.wait_for_function(
         "before => { const t = [...document.querySelectorAll('[data-testid=stCaptionContainer]')]"
         ".map(e => e.innerText).find(t => t.includes('support example')) || '';"
-        " return t && t !== before && !document.body.innerText.includes('changed since these results'); }",
+        " return t && t !== before && !document.body.textContent.includes('changed since these results'); }",
         arg=before)
     elapsed = (time.perf_counter() - start) * 1000
     wait_idle(page)
