@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from app.models import ModelEntry
 from app.resources import adapted_cache, compute_queue, compute_threads
 from app.workspace import Workspace, class_target
 from engine.compare import (
-    AdaptOutcome, AlgorithmResult, PreparedTask, TaskInputError, expected_cost, predict_all, prepare_task, rescored,
+    AdaptOutcome, AlgorithmResult, PreparedTask, TaskInputError, predict_all, prepare_task, rescored,
     support_fingerprint,
 )
 from engine.learners import AdaptSettings, Learner
@@ -113,13 +112,12 @@ def adapted_outcomes(learners: dict[str, Learner], task: PreparedTask, settings:
         kept = cache.get(cache.key(name, learner, fingerprint, settings), learner)
         if kept is not None:
             outcomes[name] = kept
-    # Longest inner loop first, so the quick learners fill the tail on the other cores.
-    missing = sorted((name for name in learners if name not in outcomes),
-                     key=lambda name: -expected_cost(learners[name], settings))
+    missing = {name: learner for name, learner in learners.items() if name not in outcomes}
     if not missing:
         return outcomes
-    ticket = compute_queue().submit(session, [
-        functools.partial(cache.get_or_adapt, name, learners[name], task, fingerprint, settings) for name in missing])
+    # Learners that share a batched inner loop adapt as one job; the longest job first.
+    jobs = cache.adaptation_jobs(missing, task, fingerprint, settings)
+    ticket = compute_queue().submit(session, [job for _, job in jobs])
     try:
         while not ticket.wait(WAIT_POLL_S):
             if on_wait is not None:
@@ -127,7 +125,8 @@ def adapted_outcomes(learners: dict[str, Learner], task: PreparedTask, settings:
     except BaseException:
         ticket.cancel()  # interrupted by a newer page run: its jobs not started yet are skipped
         raise
-    outcomes.update(zip(missing, ticket.results()))
+    for adapted in ticket.results():
+        outcomes.update(adapted)
     return outcomes
 
 

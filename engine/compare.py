@@ -537,6 +537,28 @@ class AdaptedCache:
                 outcomes[name] = outcome
         return {name: outcome for name, outcome in outcomes.items() if outcome is not None}
 
+    def adaptation_jobs(self, learners: Mapping[str, Learner], task: PreparedTask, fingerprint: str,
+                        settings: AdaptSettings) -> list[tuple[list[str], Callable[[], dict[str, AdaptOutcome]]]]:
+        """Jobs that adapt ``learners`` and keep the outcomes, for a caller that runs them itself (the
+        app's shared queue): learners that can share a batched inner loop (``engine.batched``) share one
+        job (:meth:`get_or_adapt_all`), every other learner has its own (:meth:`get_or_adapt`). Each job
+        returns its learners' outcomes by name; the costliest job comes first, so that quick ones fill
+        the tail on other workers."""
+        plans = {name: _plan(learner, task.ways, settings) for name, learner in learners.items()}
+        groups = batched.batchable_groups(plans)
+        grouped = {name for names in groups for name in names}
+        jobs: list[tuple[list[str], Callable[[], dict[str, AdaptOutcome]]]] = [
+            (names, functools.partial(self.get_or_adapt_all, {name: learners[name] for name in names}, task,
+                                      fingerprint, settings)) for names in groups]
+        jobs += [([name], functools.partial(self._get_or_adapt_named, name, learner, task, fingerprint, settings))
+                 for name, learner in learners.items() if name not in grouped]
+        jobs.sort(key=lambda job: -sum(expected_cost(learners[name], settings) for name in job[0]))
+        return jobs
+
+    def _get_or_adapt_named(self, name: str, learner: Learner, task: PreparedTask, fingerprint: str,
+                            settings: AdaptSettings) -> dict[str, AdaptOutcome]:
+        return {name: self.get_or_adapt(name, learner, task, fingerprint, settings)}
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -185,3 +185,26 @@ def test_the_cache_adapts_what_it_does_not_keep_in_one_batched_call(monkeypatch:
     assert calls == [len(learners) - 1] and cache.adaptations == len(learners)
     assert cache.get_or_adapt_all(learners, prepared, fingerprint, settings) == outcomes  # all kept now
     assert calls == [len(learners) - 1] and cache.adaptations == len(learners)
+
+
+def test_the_caches_jobs_share_one_batched_job_and_keep_every_outcome() -> None:
+    """What the app's shared queue runs: the batchable learners as one job, every other learner as its
+    own, the costliest first; running them keeps every outcome (adding a query then adapts nothing)."""
+    from engine.compare import AdaptedCache, prepare_task, support_fingerprint
+
+    backbone = BackboneConfig(channels=4)
+    learners = {**distinct_learners(backbone), "imaml": LEARNERS["imaml"](backbone=backbone, seed=9),
+                "protonet": LEARNERS["protonet"](backbone=backbone, seed=10)}
+    support_x, support_y, _ = task(5, 1)
+    prepared = prepare_task(support_x, support_y, 5)
+    fingerprint = support_fingerprint(prepared.support_x, prepared.support_y, 5)
+    cache = AdaptedCache(max_entries=16)
+    settings = AdaptSettings(steps=3)
+    jobs = cache.adaptation_jobs(learners, prepared, fingerprint, settings)
+    assert sorted(sorted(names) for names, _ in jobs) == [["fomaml", "maml", "mc1", "mc2", "metasgd", "reptile"],
+                                                          ["imaml"], ["protonet"]]
+    assert jobs[0][0][0] in BATCHABLE  # six 3-step loops cost more than one
+    outcomes = {name: outcome for _, job in jobs for name, outcome in job().items()}
+    assert set(outcomes) == set(learners) and cache.adaptations == len(learners)
+    assert all(cache.get(cache.key(name, learner, fingerprint, settings), learner) is outcomes[name]
+               for name, learner in learners.items())
