@@ -750,7 +750,7 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
                   for name, results in (served or {}).items() if results}
                  if section is PIPELINE_AND_AUGMENTATION else None)
         lines += candidate_section(models, section, section_candidates, evaluations, shown)
-    lines += render_targets(evaluated_runs(shipped, evaluations, transductive or {}, candidates or {}),
+    lines += render_targets(evaluated_runs(shipped, evaluations, transductive or {}, candidates or {}, served),
                             target_context(), read_levers(models / "eval" / "levers"), tasks)
     notes = [f"* **{run.algorithm}** {LEARNERS[run.algorithm].about.notes}" for run in shipped
              if LEARNERS[run.algorithm].about.notes]
@@ -765,16 +765,22 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
 
 def evaluated_runs(shipped: Sequence[Run], evaluations: Mapping[str, dict[Setting, dict[str, Any]]],
                    transductive: Mapping[str, dict[Setting, dict[str, Any]]],
-                   candidates: Mapping[CandidateSection, Sequence[Candidate]]) -> list[EvaluatedRun]:
-    """Every shipped and candidate run with its evaluations, as the targets section reads them."""
+                   candidates: Mapping[CandidateSection, Sequence[Candidate]],
+                   served: Mapping[str, dict[Setting, dict[str, Any]]] | None = None) -> list[EvaluatedRun]:
+    """Every shipped and candidate run with its evaluations, as the targets section reads them (a shipped
+    run with its evaluations through the app's pipeline, ``served``, where made)."""
+    served = served or {}
     runs = [EvaluatedRun(run.name, run.algorithm, False, evaluations.get(run.name, {}), transductive.get(run.name, {}),
-                         hours=training_status(run)["seconds"] / 3600, shipped=True) for run in shipped]
+                         hours=training_status(run)["seconds"] / 3600, shipped=True,
+                         pipeline=trained_pipeline(run.metadata), served=served.get(run.name, {}),
+                         served_pipeline=SERVED_PIPELINE if served.get(run.name) else None) for run in shipped]
     for section, section_candidates in candidates.items():
         for candidate in section_candidates:
             change = section.describe(candidate.changed) or section.heading.lower()
             runs.append(EvaluatedRun(candidate.run.name, candidate.run.algorithm, section is PAPERS_SPLIT,
                                      candidate.results, candidate.transductive, change,
-                                     training_status(candidate.run)["seconds"] / 3600))
+                                     training_status(candidate.run)["seconds"] / 3600,
+                                     pipeline=trained_pipeline(candidate.run.metadata)))
     return runs
 
 

@@ -58,3 +58,14 @@ def test_levers_are_set_against_the_plain_adaptation_on_the_same_tasks(tmp_path:
 
 def test_no_section_without_evaluations() -> None:
     assert render_targets([EvaluatedRun("maml", "maml", False, {}, shipped=True)], CONTEXT, [], 600) == []
+
+
+def test_a_candidate_on_another_pipeline_is_set_against_the_shipped_run_as_served() -> None:
+    shipped = EvaluatedRun("metasgd", "metasgd", False, {FIVE_WAY: result(95.0)}, shipped=True, pipeline="raw",
+                           served={FIVE_WAY: result(96.0)}, served_pipeline="canonical")
+    canonical = EvaluatedRun("metasgd-canonical", "metasgd", False, {FIVE_WAY: result(96.5)}, "pipeline raw → canonical",
+                             1.0, pipeline="canonical")
+    steps = EvaluatedRun("metasgd-2steps", "metasgd", False, {FIVE_WAY: result(94.5)}, "inner_steps 1 → 2", 1.0)
+    lines = render_targets([shipped, canonical, steps], CONTEXT, [], 600)
+    assert any(line.startswith("| metasgd-canonical |") and "96.50 (+0.50)" in line for line in lines)
+    assert any(line.startswith("| metasgd-2steps |") and "94.50 (-0.50)" in line for line in lines)
