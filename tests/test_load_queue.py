@@ -32,4 +32,5 @@ def test_eight_sessions_at_once_all_get_their_results(tmp_path: Path) -> None:
     report = run(SESSIONS, rounds=1, limit_s=LIMIT_S,
                  env={"META_PLAYGROUND_MODELS": str(tmp_path / "models"), "OMNIGLOT_DIR": str(tmp_path / "none")})
     stats = report["add_support_example"]
+    assert report["lost_rounds"] == 0, "a session never saw the results of its comparison"
     assert stats["n"] == SESSIONS and stats["max_ms"] < LIMIT_S * 1000
