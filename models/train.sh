@@ -33,7 +33,9 @@ for scheme in characters background; do
   if [ "${run%-$scheme}" != "$run" ]; then config=${run%-$scheme}; split=(--split-scheme "$scheme"); fi
 done
 canonical=()
-if [ "${run%-canonical}" != "$run" ]; then config=${run%-canonical}; canonical=(--val-ways 20 --val-tasks 100); fi
+# ALGORITHM-canonical-background: that configuration on all 30 background alphabets, the run to ship once
+# ALGORITHM-canonical has shown on the validation alphabets that it beats the shipped checkpoint.
+if [ "${config%-canonical}" != "$config" ]; then config=${config%-canonical}; canonical=(--val-ways 20 --val-tasks 100); fi
 algorithm=$config
 python=${PYTHON:-.venv/bin/python}
 # Validation: 200 fixed 5-way 1-shot tasks from the validation split (model selection only).

@@ -380,6 +380,10 @@ def test_train_sh_trains_into_runs_and_resumes_there(tmp_path: Path) -> None:
     canonical = command("protonet-canonical")
     assert "--algorithm protonet --out runs/protonet-canonical --ways 60 " in canonical
     assert canonical.index("--val-tasks 200") < canonical.index("--val-ways 20 --val-tasks 100")
+    # ALGORITHM-canonical-background: the same on all 30 background alphabets (the run to ship).
+    final = command("metasgd-canonical-background")
+    assert "--algorithm metasgd --out runs/metasgd-canonical-background " in final
+    assert "--split-scheme background" in final and "--val-ways 20" in final
 
 
 def test_a_run_on_the_canonical_pipeline_is_evaluated_on_it_and_compared_in_its_section(
