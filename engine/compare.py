@@ -407,26 +407,33 @@ def _in_threads(jobs: Mapping[str, Callable[[], Any]], workers: int, cost: Mappi
         return {name: futures[name].result() for name in jobs}
 
 
+def job_groups(learners: Mapping[str, Learner], ways: int,
+               settings: Mapping[str, AdaptSettings]) -> list[tuple[list[str], int]]:
+    """How to split adapting ``learners`` into jobs: learners that can share a batched inner loop
+    (``engine.batched``) form one group, every other learner its own (in the order given); each group
+    with its rough cost (``expected_cost``)."""
+    plans = {name: _plan(learner, ways, settings[name]) for name, learner in learners.items()}
+    groups = batched.batchable_groups(plans)
+    grouped = {name for names in groups for name in names}
+    groups += [[name] for name in learners if name not in grouped]
+    return [(names, sum(expected_cost(learners[name], settings[name]) for name in names)) for names in groups]
+
+
 def _adaptation_jobs(learners: Mapping[str, Learner], task: PreparedTask,
                      settings: AdaptSettings | Mapping[str, AdaptSettings] | None
                      ) -> tuple[dict[str, Callable[[], dict[str, AdaptOutcome]]], dict[str, int]]:
-    """One job per learner, except that learners which can share a batched inner loop
-    (``engine.batched``) share one job; and each job's rough cost (``expected_cost``)."""
+    """One job per group of :func:`job_groups` (keyed by its names), and each job's rough cost."""
     chosen = {name: _settings_for(name, settings) for name in learners}
-    plans = {name: _plan(learner, task.ways, chosen[name]) for name, learner in learners.items()}
     jobs: dict[str, Callable[[], dict[str, AdaptOutcome]]] = {}
     cost: dict[str, int] = {}
-    grouped: set[str] = set()
-    for names in batched.batchable_groups(plans):
+    for names, group_cost in job_groups(learners, task.ways, chosen):
         key = " + ".join(names)
-        jobs[key] = functools.partial(adapt_batched, {name: learners[name] for name in names}, task.support_x,
-                                      task.support_y, task.ways, {name: chosen[name] for name in names})
-        cost[key] = sum(expected_cost(learners[name], chosen[name]) for name in names)
-        grouped.update(names)
-    for name, learner in learners.items():
-        if name not in grouped:
-            jobs[name] = functools.partial(_alone, name, learner, task, chosen[name])
-            cost[name] = expected_cost(learner, chosen[name])
+        if len(names) > 1:
+            jobs[key] = functools.partial(adapt_batched, {name: learners[name] for name in names}, task.support_x,
+                                          task.support_y, task.ways, {name: chosen[name] for name in names})
+        else:
+            jobs[key] = functools.partial(_alone, key, learners[key], task, chosen[key])
+        cost[key] = group_cost
     return jobs, cost
 
 
@@ -544,15 +551,15 @@ class AdaptedCache:
         job (:meth:`get_or_adapt_all`), every other learner has its own (:meth:`get_or_adapt`). Each job
         returns its learners' outcomes by name; the costliest job comes first, so that quick ones fill
         the tail on other workers."""
-        plans = {name: _plan(learner, task.ways, settings) for name, learner in learners.items()}
-        groups = batched.batchable_groups(plans)
-        grouped = {name for names in groups for name in names}
-        jobs: list[tuple[list[str], Callable[[], dict[str, AdaptOutcome]]]] = [
-            (names, functools.partial(self.get_or_adapt_all, {name: learners[name] for name in names}, task,
-                                      fingerprint, settings)) for names in groups]
-        jobs += [([name], functools.partial(self._get_or_adapt_named, name, learner, task, fingerprint, settings))
-                 for name, learner in learners.items() if name not in grouped]
-        jobs.sort(key=lambda job: -sum(expected_cost(learners[name], settings) for name in job[0]))
+        jobs: list[tuple[list[str], Callable[[], dict[str, AdaptOutcome]]]] = []
+        groups = job_groups(learners, task.ways, dict.fromkeys(learners, settings))
+        for names, _ in sorted(groups, key=lambda group: -group[1]):
+            if len(names) > 1:
+                jobs.append((names, functools.partial(self.get_or_adapt_all, {name: learners[name] for name in names},
+                                                      task, fingerprint, settings)))
+            else:
+                jobs.append((names, functools.partial(self._get_or_adapt_named, names[0], learners[names[0]], task,
+                                                      fingerprint, settings)))
         return jobs
 
     def _get_or_adapt_named(self, name: str, learner: Learner, task: PreparedTask, fingerprint: str,

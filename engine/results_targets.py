@@ -138,10 +138,14 @@ class Lever:
     algorithm: str
     setting: SettingKey
     what: str
+    plain: bool  # no lever: the plain adaptation the others are set against
     accuracy: float
     ci95: float
     tasks: int
     seconds: float
+
+
+PLAIN_ADAPTATION = "none (the shipped checkpoint's plain adaptation)"
 
 
 def lever_name(record: Mapping[str, Any]) -> str:
@@ -152,7 +156,7 @@ def lever_name(record: Mapping[str, Any]) -> str:
         parts.append(f"support set augmented x{record['support_augment']}")
     if record.get("query_augment"):
         parts.append(f"query test-time augmentation x{record['query_augment']}")
-    return ", ".join(parts) or "none (the shipped checkpoint's plain adaptation)"
+    return ", ".join(parts) or PLAIN_ADAPTATION
 
 
 def read_levers(folder: Path) -> list[Lever]:
@@ -165,18 +169,19 @@ def read_levers(folder: Path) -> list[Lever]:
             continue
         setting = (int(record["ways"]), int(record["shots"]), bool(record.get("within_alphabet")))
         tasks = int(record.get("tasks", 0))
-        levers.append(Lever(record["algorithm"], setting, lever_name(record), 100.0 * float(record["accuracy"]),
-                            100.0 * float(record.get("ci95", 0.0)), tasks,
+        what = lever_name(record)
+        levers.append(Lever(record["algorithm"], setting, what, what == PLAIN_ADAPTATION,
+                            100.0 * float(record["accuracy"]), 100.0 * float(record.get("ci95", 0.0)), tasks,
                             float(record.get("seconds_per_task", 0.0)) * tasks))
     return levers
 
 
 def lever_rows(levers: Sequence[Lever]) -> list[str]:
     """Each lever's figure against the plain adaptation on the same tasks, at 5w1s and within one alphabet."""
-    base = {(lever.algorithm, lever.setting): lever for lever in levers if lever.what.startswith("none")}
+    base = {(lever.algorithm, lever.setting): lever for lever in levers if lever.plain}
     rows = []
     for lever in levers:
-        if lever.what.startswith("none") or (reference := base.get((lever.algorithm, lever.setting))) is None:
+        if lever.plain or (reference := base.get((lever.algorithm, lever.setting))) is None:
             continue
         shape = "20w1s within one alphabet" if lever.setting[2] else f"{lever.setting[0]}w{lever.setting[1]}s"
         rows.append(f"| {lever.algorithm} | {lever.what} | {shape} | {lever.tasks} | {reference.accuracy:.2f} ± "

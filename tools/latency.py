@@ -152,7 +152,12 @@ def main() -> None:
     for name, stats in report["actions"].items():
         print(f"{name:22s} p50 {stats['p50_ms']:7.1f} ms   p95 {stats['p95_ms']:7.1f} ms   (n={stats['n']})")
     print(f"load average before/after: {load_before} / {report['load_average_after']}")
-    out = args.out or ROOT / "assets" / f"latency-{datetime.date.today().isoformat()}-cpu.json"
+    save_report(report, args.out, "latency")
+
+
+def save_report(report: dict[str, Any], out: Path | None, kind: str) -> None:
+    """Write ``report`` as JSON to ``out`` (default ``assets/<kind>-<date>-cpu.json``) and say where."""
+    out = out or ROOT / "assets" / f"{kind}-{datetime.date.today().isoformat()}-cpu.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {out}")
 

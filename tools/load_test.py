@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tools.browser import CHROMIUM_ARGS, chromium_path, serve_app  # noqa: E402
-from tools.latency import summary  # noqa: E402
+from tools.latency import save_report, summary  # noqa: E402
 
 WAYS = 5
 IDLE_JS = ("() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state')"
@@ -158,9 +157,7 @@ def main() -> None:
           f"'queued' note seen: {report['queued_note_seen']}; rounds whose results never showed within "
           f"{ROUND_LIMIT_S:.0f} s: {report['lost_rounds']}")
     print(f"load average before/after: {report['load_average_before']} / {report['load_average_after']}")
-    out = args.out or ROOT / "assets" / f"load-{datetime.date.today().isoformat()}-cpu.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {out}")
+    save_report(report, args.out, "load")
 
 
 if __name__ == "__main__":
