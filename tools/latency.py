@@ -41,7 +41,10 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
-def summary(values: list[float]) -> dict[str, float]:
+def summary(values: list[float]) -> dict[str, float | None]:
+    """p50/p95/mean/min/max in ms and the count; the figures are None when there is no sample."""
+    if not values:
+        return {"p50_ms": None, "p95_ms": None, "mean_ms": None, "min_ms": None, "max_ms": None, "n": 0}
     return {"p50_ms": round(percentile(values, 0.5), 1), "p95_ms": round(percentile(values, 0.95), 1),
             "mean_ms": round(statistics.fmean(values), 1), "min_ms": round(min(values), 1),
             "max_ms": round(max(values), 1), "n": len(values)}

@@ -35,6 +35,11 @@ UPDATED_JS = ("before => { const t = [...document.querySelectorAll('[data-testid
               ".map(e => e.innerText).find(t => t.includes('support example')) || '';"
               " return t && t !== before && !document.body.textContent.includes('changed since these results'); }")
 QUEUED_JS = "() => document.body.textContent.includes('ahead)')"
+STATE_JS = ("() => ({script: document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state'),"
+            " results: (document.querySelector('.st-key-run-controls')?.closest('[data-testid=stColumn]')?.innerText"
+            " || '').slice(0, 800),"
+            " row: (document.querySelector('.st-key-row-class-0')?.textContent || '').slice(0, 300)})")
+"""What a page shows when its round is lost (the report keeps it, to tell a lost result from a slow one)."""
 """The page's text without a layout pass (``innerText`` of the whole body costs the browser a
 layout each time, and eight pages polled every 50 ms made the harness compete with the server)."""
 POLL_MS = 50
@@ -47,17 +52,35 @@ async def idle(page: Any) -> None:
     await page.wait_for_function(IDLE_JS)
 
 
-async def stroke(page: Any, row: str, shape: list[list[tuple[float, float]]]) -> None:
-    canvas = page.locator(f".st-key-row-{row} canvas.ink")
-    await canvas.scroll_into_view_if_needed()
-    await page.wait_for_timeout(150)
-    box = await canvas.bounding_box()
-    for points in shape:
-        await page.mouse.move(box["x"] + points[0][0] * box["width"], box["y"] + points[0][1] * box["height"])
-        await page.mouse.down()
-        for x, y in points[1:]:
-            await page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=6)
-        await page.mouse.up()
+async def wait_enabled(locator: Any, timeout_s: float = 60.0) -> None:
+    """Until ``locator`` (the pad lives in a shadow root, which locators reach) can be pressed."""
+    deadline = time.perf_counter() + timeout_s
+    while not await locator.is_enabled() and time.perf_counter() < deadline:
+        await asyncio.sleep(POLL_MS / 1000)
+
+
+async def stroke(page: Any, row: str, shape: list[list[tuple[float, float]]], attempts: int = 3) -> None:
+    """Draw ``shape`` on the row's pad, once the pad takes drawings, and check that it holds strokes.
+
+    Under load the pad can still be redrawn by the run that follows a deletion while the mouse moves
+    (the strokes then land on a pad that is replaced, or beside it): that would be a lost drawing of
+    the harness, not of the app, so it draws again (at most ``attempts`` times) before Add is pressed."""
+    pad = f".st-key-row-{row}"
+    for _ in range(attempts):
+        await wait_enabled(page.locator(f"{pad} button.add"))
+        canvas = page.locator(f"{pad} canvas.ink")
+        await canvas.scroll_into_view_if_needed()
+        await page.wait_for_timeout(150)
+        box = await canvas.bounding_box()
+        for points in shape:
+            await page.mouse.move(box["x"] + points[0][0] * box["width"], box["y"] + points[0][1] * box["height"])
+            await page.mouse.down()
+            for x, y in points[1:]:
+                await page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=6)
+            await page.mouse.up()
+        if await page.locator(f"{pad} button.clear").is_enabled():
+            return
+    raise RuntimeError(f"the pad of {row} kept no strokes after {attempts} attempts")
 
 
 async def add(page: Any, row: str, shape: list[list[tuple[float, float]]], cards: int) -> None:
@@ -70,7 +93,7 @@ async def add(page: Any, row: str, shape: list[list[tuple[float, float]]], cards
 
 
 async def session(browser: Any, url: str, rounds: int, start_together: asyncio.Barrier,
-                  samples: list[float], queued_seen: list[bool], lost: list[float] | None = None) -> None:
+                  samples: list[float], queued_seen: list[bool], lost: list[dict[str, Any]] | None = None) -> None:
     from tests.test_browser import SHAPES
 
     context = await browser.new_context(viewport={"width": 1500, "height": 1000})
@@ -100,7 +123,9 @@ async def session(browser: Any, url: str, rounds: int, start_together: asyncio.B
             await page.wait_for_timeout(POLL_MS)
         elapsed = (time.perf_counter() - start) * 1000
         if elapsed > ROUND_LIMIT_S * 1000 and lost is not None:
-            lost.append(elapsed)  # the new results never showed: reported as lost
+            pad_message = await page.locator(".st-key-row-class-0 .msg").first.text_content()
+            lost.append({"ms": round(elapsed), "caption_before": before, "pad_message": pad_message,
+                         **await page.evaluate(STATE_JS)})
             await page.reload()
             await page.wait_for_selector(".st-key-row-class-0 canvas.ink")
         else:
@@ -109,11 +134,11 @@ async def session(browser: Any, url: str, rounds: int, start_together: asyncio.B
     await context.close()
 
 
-async def drive(url: str, sessions: int, rounds: int) -> tuple[list[float], bool, int]:
+async def drive(url: str, sessions: int, rounds: int) -> tuple[list[float], bool, list[dict[str, Any]]]:
     from playwright.async_api import async_playwright
 
     samples: list[float] = []
-    lost: list[float] = []
+    lost: list[dict[str, Any]] = []
     queued_seen = [False]
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
@@ -121,15 +146,16 @@ async def drive(url: str, sessions: int, rounds: int) -> tuple[list[float], bool
         await asyncio.gather(*(session(browser, url, rounds, barrier, samples, queued_seen, lost)
                                for _ in range(sessions)))
         await browser.close()
-    return samples, queued_seen[0], len(lost)
+    return samples, queued_seen[0], lost
 
 
-def run(sessions: int, rounds: int, limit_s: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Serve the app, drive the sessions (at most ``limit_s`` seconds), return the report."""
+def run(sessions: int, rounds: int, limit_s: float, env: dict[str, str] | None = None,
+        log_path: Path | None = None) -> dict[str, Any]:
+    """Serve the app (its log to ``log_path``), drive the sessions (at most ``limit_s`` seconds), return the report."""
     if chromium_path() is None:
         raise RuntimeError("Chromium not found (apt-get install chromium, or set $CHROMIUM)")
     load_before = os.getloadavg()
-    with serve_app(env) as url:
+    with serve_app(env, log_path) as url:
         samples, queued_seen, lost = asyncio.run(asyncio.wait_for(drive(url, sessions, rounds), timeout=limit_s))
     return {
         "what": f"{sessions} simultaneous sessions, 5-way 1-shot: add a support example -> results of the new "
@@ -138,7 +164,7 @@ def run(sessions: int, rounds: int, limit_s: float, env: dict[str, str] | None =
         "cores": os.cpu_count(), "sessions": sessions, "rounds": rounds,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "add_support_example": summary(samples), "queued_note_seen": queued_seen,
-        "lost_rounds": lost, "round_limit_s": ROUND_LIMIT_S,
+        "lost_rounds": len(lost), "lost_pages": lost, "round_limit_s": ROUND_LIMIT_S,
         "samples_ms": [round(v, 1) for v in samples],
     }
 
@@ -152,8 +178,9 @@ def main() -> None:
     args = parser.parse_args()
     report = run(args.sessions, args.rounds, args.limit)
     stats = report["add_support_example"]
-    print(f"{args.sessions} sessions: add support example -> results  p50 {stats['p50_ms']:.0f} ms  "
-          f"p95 {stats['p95_ms']:.0f} ms  max {stats['max_ms']:.0f} ms  (n={stats['n']}); "
+    figures = (f"p50 {stats['p50_ms']:.0f} ms  p95 {stats['p95_ms']:.0f} ms  max {stats['max_ms']:.0f} ms"
+               if stats["n"] else "no round finished")
+    print(f"{args.sessions} sessions: add support example -> results  {figures}  (n={stats['n']}); "
           f"'queued' note seen: {report['queued_note_seen']}; rounds whose results never showed within "
           f"{ROUND_LIMIT_S:.0f} s: {report['lost_rounds']}")
     print(f"load average before/after: {report['load_average_before']} / {report['load_average_after']}")
