@@ -191,3 +191,28 @@ def test_resume_safetensors_alone_resumes_a_run(tiny_omniglot: Path, isolated_ca
                        "--meta-steps", "6", "--no-progress", "--resume"]) == 0
     resumed = read_metadata(out / "last")
     assert resumed["meta_step"] == 6 and resumed["train"]["augment"] == 0.5  # the run's own settings
+
+
+def test_fallback_drawings_are_counted_and_read_in_the_cached_order(tiny_omniglot: Path, isolated_cache: Path,
+                                                                   tmp_path: Path) -> None:
+    from tools.pipeline_fallbacks import count_fallbacks
+    from engine.data.omniglot import iter_drawings
+
+    # A copy of the tiny split with one drawing blanked: the app's preprocessing refuses it.
+    with zipfile.ZipFile(tiny_omniglot / "images_evaluation.zip") as source:
+        entries = [(name, source.read(name)) for name in source.namelist()]
+    blank = io.BytesIO()
+    Image.new("L", (105, 105), 255).save(blank, format="PNG")
+    blanked = sorted(name for name, _ in entries if name.endswith(".png"))[3]
+    with zipfile.ZipFile(tmp_path / "images_evaluation.zip", "w") as target:
+        for name, data in entries:
+            target.writestr(name, blank.getvalue() if name == blanked else data)
+
+    report = count_fallbacks(tmp_path, "evaluation")
+    assert report["drawings"] == 5 * 20 and report["fallbacks"] == 1
+    assert report["by_reason"] == {"NoInkError": 1} and "drawing 4" in report["examples"][0]
+    assert count_fallbacks(tiny_omniglot, "evaluation")["fallbacks"] == 0
+    # iter_drawings yields the drawings in the order load_split caches them.
+    chars = load_split(tiny_omniglot, "evaluation", progress=False)
+    decoded = np.stack([decode_drawing(png) for _, _, png in iter_drawings(tiny_omniglot, "evaluation")])
+    assert np.array_equal(decoded, chars.images.reshape(-1, 28, 28))

@@ -17,7 +17,7 @@ import tempfile
 import warnings
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal, get_args
@@ -175,7 +175,8 @@ def decode_drawing(png_bytes: bytes, pipeline: Pipeline = DEFAULT_PIPELINE) -> n
 
     ``canonical`` gives exactly the values the app computes for the same PNG uploaded by a user
     (:func:`preprocess_image` quantises to uint8 levels too). A drawing the user pipeline cannot read
-    falls back to the plain resize rather than losing a character (how many do is not counted yet).
+    falls back to the plain resize rather than losing a character (``python -m tools.pipeline_fallbacks``
+    counts them: docs/data.md).
     """
     if check_pipeline(pipeline) == "canonical":
         try:
@@ -267,23 +268,44 @@ def cache_path_for(source: Path, split: Split, pipeline: Pipeline = DEFAULT_PIPE
 
 def _decode_zip(source: Path, split: Split, pipeline: Pipeline, progress: bool) -> CharacterSet:
     with zipfile.ZipFile(source) as zf:
-        keyed = []
-        for name in zf.namelist():
-            key = _drawing_key(name)
-            if key is not None:
-                keyed.append((key, name))
-        groups = _group_drawings(keyed)
-        return _decode_groups(groups, zf.read, split, pipeline, progress)
+        return _decode_groups(_zip_groups(zf), zf.read, split, pipeline, progress)
+
+
+def _zip_groups(zf: zipfile.ZipFile) -> dict[tuple[str, str], list[str]]:
+    keyed = []
+    for name in zf.namelist():
+        key = _drawing_key(name)
+        if key is not None:
+            keyed.append((key, name))
+    return _group_drawings(keyed)
+
+
+def iter_drawings(data_dir: Path | str | None, split: Split) -> Iterator[tuple[str, str, bytes]]:
+    """Every drawing of a split as (alphabet, character, PNG bytes), in the order :func:`load_split`
+    stores them (characters sorted by name, each character's drawings by file name)."""
+    source = find_source(data_dir, _split_name(split))
+    if source.is_file():
+        with zipfile.ZipFile(source) as zf:
+            for (alphabet, character), entries in _zip_groups(zf).items():
+                for entry in entries:
+                    yield alphabet, character, zf.read(entry)
+        return
+    for (alphabet, character), paths in _folder_groups(source).items():
+        for path in paths:
+            yield alphabet, character, Path(path).read_bytes()
 
 
 def _decode_folder(source: Path, split: Split, pipeline: Pipeline, progress: bool) -> CharacterSet:
+    return _decode_groups(_folder_groups(source), lambda p: Path(p).read_bytes(), split, pipeline, progress)
+
+
+def _folder_groups(source: Path) -> dict[tuple[str, str], list[str]]:
     keyed = []
     for path in source.rglob("*.png"):
         key = _drawing_key(path.relative_to(source).as_posix())
         if key is not None:
             keyed.append((key, str(path)))
-    groups = _group_drawings(keyed)
-    return _decode_groups(groups, lambda p: Path(p).read_bytes(), split, pipeline, progress)
+    return _group_drawings(keyed)
 
 
 PARALLEL_DECODE_MIN_CHARACTERS = 64
