@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import math
 import shutil
@@ -119,9 +120,12 @@ class CandidateSection:
     # run's split that change one of ``settings`` (configuration keys, as :func:`configuration` names them).
     split_scheme: str | None = None
     settings: tuple[str, ...] = ()
+    retired: bool = False  # the checkpoints shipped before (a run belongs here by its summary, not its changes)
 
     def holds(self, changed: Mapping[str, tuple[Any, Any]]) -> bool:
         """Whether a run whose configuration differs from the shipped one by ``changed`` belongs here."""
+        if self.retired:
+            return False
         scheme = changed.get("train.split_scheme")
         if self.split_scheme is not None:
             return scheme is not None and scheme[1] == self.split_scheme
@@ -132,6 +136,8 @@ class CandidateSection:
         def shown(value: Any) -> str:
             return "none" if value is None else str(value)
 
+        if self.retired:  # what replacing it changed: retired → shipped now
+            return ", ".join(f"{key.split('.', 1)[1]} {shown(run)} → {shown(shipped)}" for key, (shipped, run) in changed.items())
         return ", ".join(f"{key.split('.', 1)[1]} {shown(shipped)} → {shown(run)}"
                          for key, (shipped, run) in changed.items() if key in self.settings)
 
@@ -174,7 +180,17 @@ PIPELINE_AND_AUGMENTATION = CandidateSection(
         "to be shipped. Cells as above, on the same unseen evaluation alphabets; a run listed here is not",
         "shipped (the app's checkpoints are the ones above)."),
     "What the pipeline and augmentation are worth", settings=("train.pipeline", "train.augment"))
-CANDIDATE_SECTIONS = (PAPERS_SPLIT, ALL_BACKGROUND, PIPELINE_AND_AUGMENTATION, OTHER_SETTINGS)
+SHIPPED_BEFORE = CandidateSection(
+    "the checkpoint shipped before", "Checkpoints shipped before", (
+        "Each checkpoint an algorithm shipped before its current one, kept as its evaluations (`--publish` moves",
+        "them to models/eval/ALGORITHM-retired-SHA/ when it ships a new run; the weights are in git's history).",
+        "Each row says what replacing it changed in the configuration (retired → shipped now); candidates trained",
+        "against a retired configuration are compared with it in the sections above. Cells as above, on the same",
+        "unseen evaluation alphabets."),
+    "What replacing it changed", retired=True)
+CANDIDATE_SECTIONS = (PAPERS_SPLIT, ALL_BACKGROUND, PIPELINE_AND_AUGMENTATION, OTHER_SETTINGS, SHIPPED_BEFORE)
+RETIRED = "retired"
+"""The key of a retired checkpoint's summary (models/eval/ALGORITHM-retired-SHA/run.json): when, and by what."""
 
 
 def setting_name(ways: int, shots: int, within_alphabet: bool = False) -> str:
@@ -288,15 +304,32 @@ def changes(metadata: Mapping[str, Any], shipped: Mapping[str, Any] | None) -> d
             if key in reference and reference[key] != value}
 
 
-def section_of(run: Run, shipped: Mapping[str, Run]) -> tuple[CandidateSection, dict[str, tuple[Any, Any]]] | None:
-    """The section ``run`` belongs to and how it differs from its algorithm's shipped run; None for a run
-    that matches the shipped configuration or changes something no section is about."""
+def is_retired(run: Run) -> bool:
+    """A checkpoint its algorithm shipped before the current one (see :data:`SHIPPED_BEFORE`)."""
+    return bool(run.summary.get(RETIRED))
+
+
+def section_of(run: Run, shipped: Mapping[str, Run], retired: Sequence[Run] = ()
+               ) -> tuple[CandidateSection, dict[str, tuple[Any, Any]], str] | None:
+    """The section ``run`` belongs to, how it differs from the run it is compared with, and that run's name:
+    its algorithm's shipped run, or else a checkpoint it shipped before (``retired``) when the candidate was
+    trained against that one's configuration (the reference it changes the fewest settings of wins). None for
+    a run that matches the shipped configuration or changes something no section is about."""
     reference = shipped.get(run.algorithm)
-    changed = changes(run.metadata, None if reference is None else reference.metadata)
-    for section in CANDIDATE_SECTIONS:
-        if (section.split_scheme is not None or reference is not None) and section.holds(changed):
-            return section, changed
-    return None
+    if is_retired(run):
+        return (SHIPPED_BEFORE, changes(run.metadata, None if reference is None else reference.metadata),
+                run.algorithm if reference is None else reference.name)
+    placements = []
+    for base in [reference, *(old for old in retired if old.algorithm == run.algorithm)]:
+        changed = changes(run.metadata, None if base is None else base.metadata)
+        for section in CANDIDATE_SECTIONS:
+            if (section.split_scheme is not None or base is not None) and section.holds(changed):
+                placements.append((len(changed), section, changed, run.algorithm if base is None else base.name))
+                break
+    if not placements:
+        return None
+    _, section, changed, against = min(placements, key=lambda placement: placement[0])
+    return section, changed, against
 
 
 def evaluation_path(models: Path, run: str, setting: Setting, transductive: bool = False,
@@ -596,6 +629,7 @@ class Candidate:
     changed: dict[str, tuple[Any, Any]]
     results: dict[Setting, dict[str, Any]]
     transductive: dict[Setting, dict[str, Any]]
+    against: str = ""  # the run it is compared with: the shipped one (its algorithm's name) or a retired one
 
 
 def split_cost_rows(section: CandidateSection, candidates: Sequence[Candidate],
@@ -606,12 +640,14 @@ def split_cost_rows(section: CandidateSection, candidates: Sequence[Candidate],
     lines = []
     for candidate in candidates:
         algorithm, results = candidate.run.algorithm, candidate.results
-        shipped = ours.get(algorithm)
+        base = candidate.against or algorithm
+        shipped = ours.get(base)
         if shipped is None or not any(s in results and s in shipped for s in WORTH_SETTINGS):
             continue
         gains = [f"{100 * (results[s]['accuracy'] - shipped[s]['accuracy']):+.2f}"
                  if s in results and s in shipped else "—" for s in WORTH_SETTINGS]
-        lines.append(f"| {candidate.run.name} | {' | '.join(gains)} | {target_verdict(algorithm, results)} | "
+        name = candidate.run.name + ("" if base == algorithm or section.retired else f" (against {base})")
+        lines.append(f"| {name} | {' | '.join(gains)} | {target_verdict(algorithm, results)} | "
                      f"{target_verdict(algorithm, shipped)} |")
     if not lines:
         return []
@@ -642,11 +678,14 @@ def candidate_section(models: Path, section: CandidateSection, candidates: Seque
         curve = curve_path(models, run, shipped=False)
         link = f" ([curve]({curve.relative_to(models).as_posix()}))" if curve.exists() else ""
         change = section.describe(candidate.changed)
-        lines += our_rows(run.name, f"({run.algorithm}, ours{'; ' + change if change else ''})", run.algorithm,
-                          training_status(run), candidate.results, candidate.transductive, link)
-        if run.algorithm in served:
-            pipeline, status, results = served[run.algorithm]
-            lines += our_rows(run.algorithm, f"(shipped, ours) through the {pipeline} pipeline, as the app serves it",
+        against = candidate.against or run.algorithm
+        compared = "" if against == run.algorithm or section.retired else f"; against {against}"
+        lines += our_rows(run.name, f"({run.algorithm}, ours{'; ' + change if change else ''}{compared})",
+                          run.algorithm, training_status(run), candidate.results, candidate.transductive, link)
+        if against in served:
+            pipeline, status, results = served[against]
+            what = "shipped" if against == run.algorithm else "shipped before"
+            lines += our_rows(against, f"({what}, ours) through the {pipeline} pipeline, as the app serves it",
                               run.algorithm, status, results)
         lines += published_rows(run.algorithm)
     lines += split_cost_rows(section, candidates, ours)
@@ -698,9 +737,9 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
         "The within-one-alphabet column is Lake et al. (2015)'s harder benchmark: all 20 classes of a task",
         "from one evaluation alphabet (`--within-alphabet`), so that the classes look alike, as a person's",
         "characters do (humans: 95.5%, Bayesian Program Learning: 96.7%, on their 20 runs of 20 queries each).",
-        "Each checkpoint is evaluated on the image pipeline it was meta-trained on (`--pipeline`; every shipped",
-        "checkpoint so far: `raw`, the plain resize, while the app serves all of them through `canonical`,",
-        "its own preprocessing, which training now uses too: docs/data.md).",
+        "Each checkpoint is evaluated on the image pipeline it was meta-trained on (`--pipeline`): "
+        + pipelines_sentence(shipped) + " The app serves every checkpoint through `canonical`, its own",
+        "preprocessing, which training now uses too (docs/data.md); `raw` is the plain resize.",
         "",
         header,
         "|" + "---|" * (len(SETTINGS) + 3),
@@ -745,11 +784,17 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
                      f"{format_hours(status['seconds'])} ({'; '.join(status['hardware'])}) | {per_step:.2f} s | "
                      f"{finish} | {schedule} | {target_time(algorithm, results, status, validation_curve(run))} | "
                      f"{link} |")
+    references = {**by_name, **{candidate.run.name: candidate.run for section_candidates in (candidates or {}).values()
+                                for candidate in section_candidates if is_retired(candidate.run)}}
+    compared = {**evaluations, **{candidate.run.name: candidate.results
+                                  for candidate in (candidates or {}).get(SHIPPED_BEFORE, [])}}
     for section, section_candidates in (candidates or {}).items():
-        shown = ({name: (SERVED_PIPELINE, training_status(by_name[name]), results)
-                  for name, results in (served or {}).items() if results}
+        shown = ({name: (SERVED_PIPELINE, training_status(references[name]), results)
+                  for name, results in (served or {}).items() if results and name in references}
                  if section is PIPELINE_AND_AUGMENTATION else None)
-        lines += candidate_section(models, section, section_candidates, evaluations, shown)
+        # A checkpoint shipped before is set against the one shipped now (what replacing it changed).
+        ours = evaluations if section.retired else compared
+        lines += candidate_section(models, section, section_candidates, ours, shown)
     lines += render_targets(evaluated_runs(shipped, evaluations, transductive or {}, candidates or {}, served),
                             target_context(), read_levers(models / "eval" / "levers"), tasks)
     notes = [f"* **{run.algorithm}** {LEARNERS[run.algorithm].about.notes}" for run in shipped
@@ -761,6 +806,16 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
               "runs/ALGORITHM` to ship it. The JSON beside each checkpoint records the seed, the git commit, the "
               "dataset's checksum and the wall-clock time and hardware of every training piece.", ""]
     return "\n".join(lines)
+
+
+def pipelines_sentence(shipped: Sequence[Run]) -> str:
+    """Which shipped checkpoints trained on which image pipeline, in words."""
+    by_pipeline: dict[str, list[str]] = {}
+    for run in shipped:
+        by_pipeline.setdefault(trained_pipeline(run.metadata), []).append(f"`{run.algorithm}`")
+    if len(by_pipeline) == 1:
+        return f"every shipped checkpoint trained on `{next(iter(by_pipeline))}`."
+    return "; ".join(f"{listing(names)} on `{pipeline}`" for pipeline, names in sorted(by_pipeline.items())) + "."
 
 
 def evaluated_runs(shipped: Sequence[Run], evaluations: Mapping[str, dict[Setting, dict[str, Any]]],
@@ -804,6 +859,8 @@ def publish(folder: Path, models: Path) -> Path:
         raise ValueError(f"{folder} holds a run of {algorithm!r}, which is not a registered algorithm")
     target = models / algorithm
     target.mkdir(parents=True, exist_ok=True)
+    if (target / "model.safetensors").exists():
+        retire(models, algorithm, file_digest(folder / "model.safetensors", "sha256"))
     for name in ("model.safetensors", "model.json"):
         shutil.copyfile(folder / name, target / name)
     summary = run_summary(folder)
@@ -812,6 +869,30 @@ def publish(folder: Path, models: Path) -> Path:
     curve = curve_path(models, run, shipped=True)
     if not draw_curve(run, curve):
         curve.unlink(missing_ok=True)  # the replaced checkpoint's curve would describe another run
+    return target
+
+
+def retire(models: Path, algorithm: str, replaced_by: str) -> Path | None:
+    """Keep the shipped checkpoint's evaluations as a retired run before ``replaced_by`` (a SHA-256) ships:
+    ``<models>/eval/<algorithm>/`` moves to ``<models>/eval/<algorithm>-retired-<first 8 of its SHA>/`` with its
+    summary marked (:data:`RETIRED`) and its curve, so RESULTS.md keeps what it scored and the candidates
+    trained against it. Nothing to do when the same checkpoint is published again; returns the new folder."""
+    sha = file_digest(models / algorithm / "model.safetensors", "sha256")
+    if sha == replaced_by:
+        return None
+    summary = read_json(summary_path(models, algorithm))
+    if summary is None or summary.get("checkpoint_sha256") != sha:
+        summary = run_summary(models / algorithm)  # no committed summary of it: what its folder says
+    source, target = models / "eval" / algorithm, models / "eval" / f"{algorithm}-retired-{sha[:8]}"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.json")) if source.is_dir() else []:
+        if path.name != SUMMARY:
+            shutil.move(str(path), str(target / path.name))
+    if (models / algorithm / "curve.png").exists():
+        shutil.move(str(models / algorithm / "curve.png"), str(target / "curve.png"))
+    summary[RETIRED] = {"replaced_by_sha256": replaced_by,
+                        "on": datetime.datetime.now(datetime.timezone.utc).date().isoformat()}
+    write_json_if_changed(target / SUMMARY, summary)
     return target
 
 
@@ -865,18 +946,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             if results:
                 table[run.name] = results
     by_algorithm = {run.algorithm: run for run in shipped}
+    retired = [run for run in candidates if is_retired(run)]
+    by_name = {**{run.name: run for run in shipped}, **{run.name: run for run in retired}}
     sections: dict[CandidateSection, list[Candidate]] = {section: [] for section in CANDIDATE_SECTIONS}
     for run in candidates:
-        placed = section_of(run, by_algorithm)
+        placed = section_of(run, by_algorithm, retired)
         if placed is None:
             continue
-        section, changed = placed
+        section, changed, against = placed
         draw_curve(run, curve_path(models, run, shipped=False))
         sections[section].append(Candidate(run, changed, results_of(run),
-                                           results_of(run, True) if transductive_row(run.algorithm) else {}))
+                                           results_of(run, True) if transductive_row(run.algorithm) else {}, against))
     served: dict[str, dict[Setting, dict[str, Any]]] = {}
     for candidate in sections[PIPELINE_AND_AUGMENTATION]:
-        base = by_algorithm.get(candidate.run.algorithm)
+        base = by_name.get(candidate.against)
         if base is None or base.name in served or trained_pipeline(base.metadata) == SERVED_PIPELINE:
             continue
         if candidate.run.name in requested and base.checkpoint is not None:

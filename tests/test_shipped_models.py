@@ -149,15 +149,17 @@ def fake_run(folder: Path, algorithm: str, step: int, schedule: int, **train: ob
 
 
 def store_evaluation(models: Path, name: str, folder: Path, ways: int, accuracy: float,
-                     transductive: bool = False) -> None:
-    """A stored ``ways``-way 1-shot evaluation of ``accuracy`` that describes the checkpoint in ``folder``."""
+                     transductive: bool = False, pipeline: str | None = None) -> None:
+    """A stored ``ways``-way 1-shot evaluation of ``accuracy`` that describes the checkpoint in ``folder``
+    (made on ``pipeline``; None: stored without one, as the legacy pipeline's were)."""
     steps, optimizer = results.test_settings(read_metadata(folder / "model"))
     path = results.evaluation_path(models, name, results.Setting(ways, 1), transductive)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"algorithm": read_metadata(folder / "model")["algorithm"], "ways": ways, "shots": 1,
                                 "tasks": 7, "accuracy": accuracy, "ci95": 0.003, "inner_steps": steps,
                                 "optimizer": optimizer, "transductive": transductive,
-                                "checkpoint_sha256": file_digest(folder / "model.safetensors", "sha256")}))
+                                "checkpoint_sha256": file_digest(folder / "model.safetensors", "sha256"),
+                                **({} if pipeline is None else {"pipeline": pipeline})}))
 
 
 def test_results_table_from_stored_evaluations(tmp_path: Path) -> None:
@@ -458,3 +460,37 @@ def test_a_pipeline_candidate_is_also_set_against_the_shipped_run_as_the_app_ser
     # Rendered again from the stored JSON alone, nothing is evaluated and the same table comes out.
     calls.clear()
     assert render(models, runs) == table and not calls
+
+
+def test_publishing_a_new_run_keeps_the_replaced_checkpoint_and_what_was_compared_with_it(tmp_path: Path) -> None:
+    """Shipping a run that changes the pipeline and the split retires the shipped checkpoint: its evaluations
+    move to a retired run of their own, listed with what replacing it changed, and a candidate trained
+    against the retired configuration is still compared with the retired checkpoint, not the new one."""
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    old = fake_run(runs / "protonet", "protonet", 10, 40)
+    assert results.main(["--models", str(models), "--publish", str(old)]) == 0
+    old_sha = file_digest(models / "protonet" / "model.safetensors", "sha256")
+    store_evaluation(models, "protonet", models / "protonet", 20, 0.90)
+    candidate = fake_run(runs / "protonet-canonical", "protonet", 10, 40, pipeline="canonical", augment=1.0)
+    store_evaluation(models, "protonet-canonical", candidate, 20, 0.93, pipeline="canonical")
+    new = fake_run(runs / "protonet-canonical-background", "protonet", 10, 40, pipeline="canonical", augment=1.0,
+                   split_scheme="background")
+    assert results.main(["--models", str(models), "--publish", str(new)]) == 0
+    retired = models / "eval" / f"protonet-retired-{old_sha[:8]}"
+    summary = json.loads((retired / "run.json").read_text())
+    assert summary["checkpoint_sha256"] == old_sha
+    assert summary["retired"]["replaced_by_sha256"] == file_digest(new / "model.safetensors", "sha256")
+    assert (retired / "20w1s.json").exists() and not (models / "eval" / "protonet" / "20w1s.json").exists()
+    store_evaluation(models, "protonet", models / "protonet", 20, 0.95, pipeline="canonical")
+    shutil.rmtree(runs / "protonet")
+    shutil.rmtree(runs / "protonet-canonical-background")
+    table = render(models, runs)
+    assert "| **protonet** (ours) | not evaluated | not evaluated | 95.00 ± 0.30 |" in table
+    section = table.split("## Checkpoints shipped before")[1]
+    assert (f"| **protonet-retired-{old_sha[:8]}** (protonet, ours; split_scheme alphabets → background, "
+            "pipeline raw → canonical, augment 0.0 → 1.0) |") in section
+    assert f"| protonet-retired-{old_sha[:8]} | — | -5.00 | — | " in section  # 90 against the 95 shipped now
+    pipeline = table.split("## One image pipeline and augmentation")[1].split("## Checkpoints shipped before")[0]
+    assert f"| protonet-canonical (against protonet-retired-{old_sha[:8]}) | — | +3.00 | — | " in pipeline
+    # Publishing the same checkpoint again retires nothing.
+    assert results.retire(models, "protonet", file_digest(models / "protonet" / "model.safetensors", "sha256")) is None

@@ -32,13 +32,13 @@ def one_step_note(name: str, what: str, verdict: str) -> str:
     ``what`` get no meta-gradient; ``verdict`` says how the 2-step candidate ``<name>-2steps`` did."""
     return ("With one inner step it also learns less than its paper: from our zero head (so that one "
             f"checkpoint serves any number of classes) the first step moves only the head, so the backbone's "
-            f"{what} get no meta-gradient and stay exactly at their start in this checkpoint; only the head's "
+            f"{what} get no meta-gradient and stay exactly at their start in its checkpoints; only the head's "
             "are meta-learned (`tests/test_metacurvature.py` checks why, `tests/test_shipped_models.py` the "
             "checkpoint). The papers meta-learn a head for a "
             "fixed number of classes, whose first step moves every layer. Learning them does not help "
             f"here, though: the 2-step candidate (`bash models/train.sh {name}-2steps`, the same schedule "
             f"with 2 inner steps, whose second step uses them) {verdict} (its row in the "
-            "section on candidate settings), so this checkpoint stays.")
+            "section on candidate settings), so the 1-step configuration stays.")
 
 
 def curvature_transform(gradient: Tensor, m_out: Tensor | None, m_in: Tensor, m_filter: Tensor) -> Tensor:
