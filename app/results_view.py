@@ -84,6 +84,7 @@ def render_results(models: dict[str, ModelEntry], selected: list[str], settings:
                 record = None
         queued.empty()
         if record is not None:
+            record.keep_charts_of(state.last_results())
             state.set_results(record)
         record = state.last_results()
 
@@ -293,7 +294,7 @@ def query_block(record: RunRecord, results: list[AlgorithmResult], index: int, e
             with st.container(width=NETWORK_WIDTH + CARD_PADDING, gap="xsmall", key=f"qnet-res-{index}"):
                 st.image(example.original_url, width=NETWORK_WIDTH)
                 st.image(example.network_url, width=NETWORK_WIDTH)
-            spec = record.chart(("query", index, label, tuple(class_names), chart_width),
+            spec = record.chart(("query", example.id, label, tuple(class_names), chart_width),
                                 lambda: charts.probability_chart(results, index, class_names, label,
                                                                  width=chart_width))
             if spec is None:

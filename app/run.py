@@ -23,6 +23,10 @@ from engine.learners import AdaptSettings, Learner
 
 MAX_CACHED_CHARTS = 200
 """Chart specs kept per comparison (one per query, label and width shown); beyond it they are rebuilt."""
+ADAPTATION_CHARTS = ("query", "loss")
+"""Charts that show only what the adapted learners say (a query's probabilities, the inner-loop losses):
+a comparison on the same support set and settings reuses the previous one's instead of compiling them
+again (compiling and validating a query's chart costs ~10-20 ms, most of a new query's time on the server)."""
 
 
 @dataclass
@@ -38,8 +42,21 @@ class RunRecord:
     wall_ms: float
     settings_text: str
     error: str | None = None
+    # What the learners were adapted to: support set, algorithms, settings and loaded models.
+    adapted_key: tuple[Any, ...] = ()
     # Compiled chart specs, keyed by what they show (labels and names can change without a rerun).
     charts: dict[tuple[Any, ...], dict[str, Any] | None] = dataclasses.field(default_factory=dict)
+
+    def keep_charts_of(self, previous: RunRecord | None) -> None:
+        """Take over ``previous``'s compiled :data:`ADAPTATION_CHARTS` when both were adapted alike (a query
+        added, deleted or relabelled): a query's chart is keyed by the query, not its place in the list."""
+        if previous is None or previous is self or not self.adapted_key or previous.adapted_key != self.adapted_key:
+            return
+        shown = {example.id for example in self.queries}
+        for key, spec in previous.charts.items():
+            if key[0] in ADAPTATION_CHARTS and (key[0] != "query" or key[1] in shown) \
+                    and len(self.charts) < MAX_CACHED_CHARTS:
+                self.charts.setdefault(key, spec)
 
     def chart(self, key: tuple[Any, ...], build: Callable[[], Any]) -> dict[str, Any] | None:
         if key not in self.charts:
@@ -97,9 +114,10 @@ def run_comparison(ws: Workspace, models: dict[str, ModelEntry], selected: list[
         outcomes = adapted_outcomes(learners, task, settings, session, on_wait)
         results = predict_all({name: outcomes[name] for name in learners}, task.query_x, task.query_y)
     wall_ms = (time.perf_counter() - start) * 1000.0
+    adapted_key = (ws.support_key(), tuple(selected), settings, tuple(id(models[name].learner) for name in selected))
     return RunRecord(key=key, results=results, ways=ws.ways, shots=ws.shots, support_count=len(support_y),
                      queries=[q.example for q in ws.queries], wall_ms=wall_ms, settings_text=settings_text(settings),
-                     error=error)
+                     error=error, adapted_key=adapted_key)
 
 
 def adapted_outcomes(learners: dict[str, Learner], task: PreparedTask, settings: AdaptSettings, session: str,

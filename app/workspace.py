@@ -256,10 +256,13 @@ class Workspace:
         labels = [self.query_label(q) for q in self.queries]
         return images, np.asarray([-1 if label is None else label for label in labels], dtype=np.int64)
 
+    def support_key(self) -> tuple[Any, ...]:
+        """Identity of what the algorithms adapt to: N and the support set (not names or queries)."""
+        return (self.ways, tuple(tuple(e.id for e in c.examples(self.shots)) for c in self.visible_classes))
+
     def task_key(self) -> tuple[Any, ...]:
         """Identity of what the algorithms compute on (not names or query labels)."""
-        support = tuple(tuple(e.id for e in c.examples(self.shots)) for c in self.visible_classes)
-        return (self.ways, support, tuple(q.example.id for q in self.queries))
+        return (*self.support_key(), tuple(q.example.id for q in self.queries))
 
     # -- wholesale changes ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

@@ -190,3 +190,34 @@ def test_the_app_adapts_only_when_the_support_set_or_the_settings_change(models_
     at.slider(key="steps").set_value(3).run()
     assert cache.adaptations == count + algorithms + 2 * inner
     assert not at.exception
+
+
+def test_a_new_or_deleted_query_compiles_only_its_own_chart(models_dir: Path,  # noqa: F811
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query charts and the loss curves of a comparison on an unchanged support set are taken over from
+    the previous one (compiling a chart costs more than predicting); a new support example compiles all."""
+    from app import charts
+
+    compiled: list[int] = []
+    original = charts.probability_chart
+
+    def probability_chart(results, query_index, *args, **kwargs):  # type: ignore[no-untyped-def]
+        compiled.append(query_index)
+        return original(results, query_index, *args, **kwargs)
+
+    monkeypatch.setattr(charts, "probability_chart", probability_chart)
+    at = start(ways=2, shots=2)
+    fill_task(at, 2, queries=(0, 1))
+    whole_page(at)
+    compiled.clear()
+    draw(at, "pad-queries", shape_png(1, jitter=0.05))  # a third query
+    assert compiled == [2]
+    first = workspace(at).queries[0].example.id
+    second_chart = at.session_state["results"].charts
+    at.button(key=f"qdel-{first}").click().run()  # the others move up a place: their charts still hold
+    assert compiled == [2] and not at.exception
+    record = at.session_state["results"]
+    assert [key[1] for key in record.charts if key[0] == "query"] == [q.id for q in record.queries]
+    assert record.charts is not second_chart
+    draw(at, class_pad(0), shape_png(3))  # a new support example: every query's chart again
+    assert compiled[1:] == [0, 1]
