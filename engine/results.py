@@ -265,17 +265,21 @@ def candidate_runs(models: Path, runs: Path) -> list[Run]:
     """Every candidate run: a folder of ``runs`` with a checkpoint (its summary refreshed from it) or a
     committed summary in ``<models>/eval/`` whose folder is not here, in registry order of their algorithms.
     A folder named after an algorithm is that algorithm's own training run (``--publish`` ships it), not a
-    candidate."""
+    candidate, and neither is a run holding a shipped checkpoint (the one it was published from)."""
     names = {path.parent.name for path in runs.glob("*/model.safetensors")}
     names |= {path.parent.name for path in (models / "eval").glob(f"*/{SUMMARY}")}
+    shipped = {file_digest(models / name / "model.safetensors", "sha256") for name in shipped_algorithms(models)}
     candidates = []
     for name in sorted(names - set(LEARNERS)):
         folder = runs / name
         if (folder / "model.safetensors").exists():
             summary, checkpoint = run_summary(folder), folder / "model"
-            write_json_if_changed(summary_path(models, name), summary)
         else:
             summary, checkpoint = read_json(summary_path(models, name)) or {}, None
+        if summary.get("checkpoint_sha256") in shipped:
+            continue  # the run a shipped checkpoint was published from: its figures are the shipped ones
+        if checkpoint is not None:
+            write_json_if_changed(summary_path(models, name), summary)
         metadata = summary.get("metadata") or {}
         if metadata.get("algorithm") in LEARNERS:
             candidates.append(Run(name, metadata["algorithm"], metadata, summary, checkpoint))

@@ -482,6 +482,10 @@ def test_publishing_a_new_run_keeps_the_replaced_checkpoint_and_what_was_compare
     assert summary["retired"]["replaced_by_sha256"] == file_digest(new / "model.safetensors", "sha256")
     assert (retired / "20w1s.json").exists() and not (models / "eval" / "protonet" / "20w1s.json").exists()
     store_evaluation(models, "protonet", models / "protonet", 20, 0.95, pipeline="canonical")
+    # The folder it was published from holds the shipped checkpoint: not a candidate of its own.
+    assert [run.name for run in results.candidate_runs(models, runs)] == [
+        "protonet-canonical", f"protonet-retired-{old_sha[:8]}"]
+    assert not (models / "eval" / "protonet-canonical-background").exists()
     shutil.rmtree(runs / "protonet")
     shutil.rmtree(runs / "protonet-canonical-background")
     table = render(models, runs)

@@ -129,10 +129,12 @@ class MetaCurvature2(MetaCurvature):
             label="Meta-Curvature MC2 (Park & Oliva 2019)",
             figures={(5, 1): 99.77, (5, 5): 99.79, (20, 1): 97.86, (20, 5): 99.24}),
         notes="adapts with as many steps as it was meta-trained for (1), like mc1: the learned curvature "
-              "multiplies every gradient, and repeated steps overshoot. 5-way 5-shot validation tasks: 98.63% "
-              "after 1 step against 81.14% after 10 (`python -m engine.evaluate --checkpoint models/mc2/model "
-              "--ways 5 --shots 5 --tasks 200 --split validation --inner-steps 10`, then without `--inner-steps`; "
-              "checkpoint of step 8750). "
+              "multiplies every gradient, and repeated steps overshoot. On the checkpoint trained on the plain "
+              "resize without augmentation (models/RESULTS.md's checkpoints shipped before), 5-way 5-shot "
+              "validation tasks: 98.63% after 1 step against 81.14% after 10; on the shipped one (canonical "
+              "pipeline, augmentation) much less, 99.15% against 98.60% at 5-way 5-shot and 97.49% against "
+              "97.15% at 5-way 1-shot (`python -m engine.evaluate --checkpoint models/mc2/model --ways 5 --shots "
+              "5 --tasks 200 --inner-steps 10`, then without `--inner-steps`, and the same with `--shots 1`). "
               + one_step_note("mc2", "curvature matrices",
                               "validates higher (97.1% against 96.6%) and gains 0.4 points at 5-way "
                               "1-shot, within the intervals, but loses 1.5 at 20-way 1-shot and some at "
