@@ -773,7 +773,7 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
         status = training_status(run)
         targets = "not evaluated yet" if results is None else target_verdict(algorithm, results)
         val = ("—" if status["val_accuracy"] is None
-               else f"{100 * status['val_accuracy']:.1f}% (step {status['model_step']})")
+               else f"{100 * status['val_accuracy']:.1f}% (step {status['model_step']}{validation_note(run)})")
         per_step = status["seconds_per_step"]
         remaining = max(status["schedule"] - status["trained"], 0)
         finish = "done" if remaining == 0 else f"{remaining} steps ≈ {format_hours(remaining * per_step)}"
@@ -784,9 +784,13 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
                     else f"{reference.meta_steps} steps ≈ {format_hours(reference.meta_steps * per_step)}")
         curve = curve_path(models, run, shipped=True)
         link = f"[curve]({curve.relative_to(models).as_posix()})" if curve.exists() else "—"
+        # A curve over alphabets the run trained on shows fit: it says nothing of unseen ones.
+        extrapolated = ("— (validated on alphabets it trained on)"
+                        if configuration(run.metadata)["train.split_scheme"] == "background"
+                        else target_time(algorithm, results, status, validation_curve(run)))
         lines.append(f"| {algorithm} | {targets} | {val} | {status['trained']} steps, "
                      f"{format_hours(status['seconds'])} ({'; '.join(status['hardware'])}) | {per_step:.2f} s | "
-                     f"{finish} | {schedule} | {target_time(algorithm, results, status, validation_curve(run))} | "
+                     f"{finish} | {schedule} | {extrapolated} | "
                      f"{link} |")
     references = {**by_name, **{candidate.run.name: candidate.run for section_candidates in (candidates or {}).values()
                                 for candidate in section_candidates if is_retired(candidate.run)}}
@@ -810,6 +814,18 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
               "runs/ALGORITHM` to ship it. The JSON beside each checkpoint records the seed, the git commit, the "
               "dataset's checksum and the wall-clock time and hardware of every training piece.", ""]
     return "\n".join(lines)
+
+
+def validation_note(run: Run) -> str:
+    """How a run's validation accuracy was measured, where it differs from the table's caption (5-way 1-shot
+    tasks of held-out alphabets): tasks of another kind, or alphabets the run also trained on."""
+    config = configuration(run.metadata)
+    notes = []
+    if (config["train.val_ways"], config["train.val_shots"]) != (5, 1):
+        notes.append(f"{config['train.val_tasks']} {config['train.val_ways']}-way {config['train.val_shots']}-shot tasks")
+    if config["train.split_scheme"] == "background":
+        notes.append("alphabets it trained on too: fit, not selection")
+    return "; " + ", ".join(notes) if notes else ""
 
 
 def pipelines_sentence(shipped: Sequence[Run]) -> str:

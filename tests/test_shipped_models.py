@@ -490,6 +490,9 @@ def test_publishing_a_new_run_keeps_the_replaced_checkpoint_and_what_was_compare
     shutil.rmtree(runs / "protonet-canonical-background")
     table = render(models, runs)
     assert "| **protonet** (ours) | not evaluated | not evaluated | 95.00 ± 0.30 |" in table
+    # Trained on the validation alphabets too: its validation figure is fit, and nothing is extrapolated from it.
+    budget = next(line for line in table.splitlines() if line.startswith("| protonet | "))
+    assert "alphabets it trained on too" in budget and "— (validated on alphabets it trained on)" in budget
     section = table.split("## Checkpoints shipped before")[1]
     assert (f"| **protonet-retired-{old_sha[:8]}** (protonet, ours; split_scheme alphabets → background, "
             "pipeline raw → canonical, augment 0.0 → 1.0) |") in section
