@@ -43,7 +43,7 @@ from engine import evaluate
 from engine.checkpoint import build_learner, read_metadata
 from engine.compare import effective_settings
 from engine.data.download import file_digest
-from engine.data.omniglot import VALIDATION_SOURCES
+from engine.data.omniglot import SCHEMES_TRAINING_ON_VALIDATION, VALIDATION_SOURCES
 from engine.learners import LEARNERS, AdaptSettings, PaperReference
 from engine.paths import REPO_ROOT
 from engine.results_targets import EvaluatedRun, TargetContext, read_levers, render_targets
@@ -633,7 +633,7 @@ class Candidate:
     changed: dict[str, tuple[Any, Any]]
     results: dict[Setting, dict[str, Any]]
     transductive: dict[Setting, dict[str, Any]]
-    against: str = ""  # the run it is compared with: the shipped one (its algorithm's name) or a retired one
+    against: str  # the run it is compared with: the shipped one (its algorithm's name) or a retired one
 
 
 def split_cost_rows(section: CandidateSection, candidates: Sequence[Candidate],
@@ -644,7 +644,7 @@ def split_cost_rows(section: CandidateSection, candidates: Sequence[Candidate],
     lines = []
     for candidate in candidates:
         algorithm, results = candidate.run.algorithm, candidate.results
-        base = candidate.against or algorithm
+        base = candidate.against
         shipped = ours.get(base)
         if shipped is None or not any(s in results and s in shipped for s in WORTH_SETTINGS):
             continue
@@ -682,7 +682,7 @@ def candidate_section(models: Path, section: CandidateSection, candidates: Seque
         curve = curve_path(models, run, shipped=False)
         link = f" ([curve]({curve.relative_to(models).as_posix()}))" if curve.exists() else ""
         change = section.describe(candidate.changed)
-        against = candidate.against or run.algorithm
+        against = candidate.against
         compared = "" if against == run.algorithm or section.retired else f"; against {against}"
         lines += our_rows(run.name, f"({run.algorithm}, ours{'; ' + change if change else ''}{compared})",
                           run.algorithm, training_status(run), candidate.results, candidate.transductive, link)
@@ -785,17 +785,15 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
         curve = curve_path(models, run, shipped=True)
         link = f"[curve]({curve.relative_to(models).as_posix()})" if curve.exists() else "—"
         # A curve over alphabets the run trained on shows fit: it says nothing of unseen ones.
-        extrapolated = ("— (validated on alphabets it trained on)"
-                        if configuration(run.metadata)["train.split_scheme"] == "background"
+        extrapolated = ("— (validated on alphabets it trained on)" if validated_on_training_alphabets(run)
                         else target_time(algorithm, results, status, validation_curve(run)))
         lines.append(f"| {algorithm} | {targets} | {val} | {status['trained']} steps, "
                      f"{format_hours(status['seconds'])} ({'; '.join(status['hardware'])}) | {per_step:.2f} s | "
                      f"{finish} | {schedule} | {extrapolated} | "
                      f"{link} |")
-    references = {**by_name, **{candidate.run.name: candidate.run for section_candidates in (candidates or {}).values()
-                                for candidate in section_candidates if is_retired(candidate.run)}}
-    compared = {**evaluations, **{candidate.run.name: candidate.results
-                                  for candidate in (candidates or {}).get(SHIPPED_BEFORE, [])}}
+    retired = (candidates or {}).get(SHIPPED_BEFORE, [])
+    references = {**by_name, **{candidate.run.name: candidate.run for candidate in retired}}
+    compared = {**evaluations, **{candidate.run.name: candidate.results for candidate in retired}}
     for section, section_candidates in (candidates or {}).items():
         shown = ({name: (SERVED_PIPELINE, training_status(references[name]), results)
                   for name, results in (served or {}).items() if results and name in references}
@@ -823,9 +821,14 @@ def validation_note(run: Run) -> str:
     notes = []
     if (config["train.val_ways"], config["train.val_shots"]) != (5, 1):
         notes.append(f"{config['train.val_tasks']} {config['train.val_ways']}-way {config['train.val_shots']}-shot tasks")
-    if config["train.split_scheme"] == "background":
+    if validated_on_training_alphabets(run):
         notes.append("alphabets it trained on too: fit, not selection")
     return "; " + ", ".join(notes) if notes else ""
+
+
+def validated_on_training_alphabets(run: Run) -> bool:
+    """Whether ``run``'s split scheme trains on its validation alphabets too (``--split-scheme background``)."""
+    return configuration(run.metadata)["train.split_scheme"] in SCHEMES_TRAINING_ON_VALIDATION
 
 
 def pipelines_sentence(shipped: Sequence[Run]) -> str:

@@ -36,17 +36,18 @@ def count_fallbacks(data_dir: Path | str | None, split: str, progress: bool = Fa
     reasons: Counter[str] = Counter()
     examples: list[str] = []
     drawings = 0
-    per_character: Counter[str] = Counter()
+    per_character: Counter[str] = Counter()  # drawings seen so far of each character: the one at hand's number
     for alphabet, character, png in tqdm(iter_drawings(data_dir, split), desc=split, unit="drawing",
                                          disable=None if progress else True):
         drawings += 1
-        per_character[f"{alphabet}/{character}"] += 1
+        name = f"{alphabet}/{character}"
+        per_character[name] += 1
         try:
             preprocess_image(png)
         except ImagePreprocessError as error:
             reasons[type(error).__name__] += 1
             if len(examples) < LISTED:
-                examples.append(f"{alphabet}/{character} drawing {per_character[f'{alphabet}/{character}']}: {error}")
+                examples.append(f"{name} drawing {per_character[name]}: {error}")
     return {"split": split, "drawings": drawings, "fallbacks": sum(reasons.values()),
             "by_reason": dict(reasons.most_common()), "examples": examples}
 

@@ -66,6 +66,9 @@ SPLIT_SCHEMES: tuple[SplitScheme, ...] = get_args(SplitScheme)
 SCHEMES_TESTING_ON_EVALUATION: frozenset[str] = frozenset({"alphabets", "background"})
 """Schemes whose test characters are exactly the dataset's evaluation split (unseen alphabets), so a
 test needs only that split loaded; the others draw test characters from both splits."""
+SCHEMES_TRAINING_ON_VALIDATION: frozenset[str] = frozenset({"background"})
+"""Split schemes whose training also covers the validation alphabets: their validation accuracy is fit, not
+selection (engine.train then keeps the latest checkpoint)."""
 
 CHARACTER_SPLIT_SIZES = (1028, 172, 423)
 """Train / validation / test characters of the ``characters`` scheme: Vinyals et al.'s sizes (2016),
@@ -434,7 +437,7 @@ def load_splits(data_dir: Path | str | None = None, *, progress: bool = True,
             "background split must contain some but not all of the validation alphabets "
             f"{VALIDATION_ALPHABETS}; found alphabets {background.alphabet_names}"
         )
-    trains_on_val = scheme == "background"
+    trains_on_val = scheme in SCHEMES_TRAINING_ON_VALIDATION
     return Splits(
         train=background if trains_on_val else background.subset(~is_val),
         val=background.subset(is_val),
