@@ -26,7 +26,7 @@ MAX_CACHED_CHARTS = 200
 ADAPTATION_CHARTS = ("query", "loss")
 """Charts that show only what the adapted learners say (a query's probabilities, the inner-loop losses):
 a comparison on the same support set and settings reuses the previous one's instead of compiling them
-again (compiling and validating a query's chart costs ~10-20 ms, most of a new query's time on the server)."""
+again (compiling and validating a query's chart costs more than predicting it: docs/performance.md)."""
 
 
 @dataclass
