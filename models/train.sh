@@ -49,8 +49,8 @@ reptile=(--ways 5 --shots 10 --queries 1 --meta-batch 5 --inner-steps 5 --inner-
 case "$config" in
   # The paper's max-pooling Conv-4 (models/RESULTS.md's protonet note): adapting is one forward pass.
   protonet) args=("${protonet[@]}" --downsample maxpool "${val[@]}")
-            # Half the shipped schedule, to fit one session: its validation curve is flat from 2500 episodes.
-            [ "$run" = protonet-background ] && args+=(--meta-steps 10000) ;;
+            # A background run gets half the shipped schedule: the validation curve is flat from 2500 episodes.
+            [ "${run%-background}" != "$run" ] && args+=(--meta-steps 10000) ;;
   maml)     args=("${episodes[@]}" --meta-steps 20000 --inner-steps 2) ;;
   fomaml)   args=("${episodes[@]}" --meta-steps 10000 --inner-steps 3) ;;
   metasgd|mc1|mc2) args=("${episodes[@]}" --meta-steps 10000 --inner-steps 1) ;;
