@@ -39,9 +39,12 @@ class TrainConfig:
     pipeline: str = DEFAULT_PIPELINE
     # Strength of the handwriting augmentation of every training image (engine.data.augment); 0: none.
     augment: float = 1.0
+    # Fraction of training episodes whose classes all come from one alphabet (engine.data.tasks'
+    # sample_training_task): the look-alike classes of Lake et al.'s within-alphabet benchmark.
+    within_alphabet: float = 0.0
 
 
-LEGACY_TRAIN_SETTINGS: dict[str, Any] = {"pipeline": LEGACY_PIPELINE, "augment": 0.0}
+LEGACY_TRAIN_SETTINGS: dict[str, Any] = {"pipeline": LEGACY_PIPELINE, "augment": 0.0, "within_alphabet": 0.0}
 """What a run whose saved settings predate a field did: resuming it keeps doing that, and results compare it so."""
 
 

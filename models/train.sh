@@ -36,6 +36,10 @@ canonical=()
 # ALGORITHM-canonical-background: that configuration on all 30 background alphabets, the run to ship once
 # ALGORITHM-canonical has shown on the validation alphabets that it beats the shipped checkpoint.
 if [ "${config%-canonical}" != "$config" ]; then config=${config%-canonical}; canonical=(--val-ways 20 --val-tasks 100); fi
+# ALGORITHM-within...: half of the training episodes draw every class from one alphabet (the look-alike classes of
+# the within-alphabet benchmark), e.g. metasgd-within-canonical-background against the shipped metasgd.
+within=()
+if [ "${config%-within}" != "$config" ]; then config=${config%-within}; within=(--within-alphabet 0.5); fi
 algorithm=$config
 python=${PYTHON:-.venv/bin/python}
 # Validation: 200 fixed 5-way 1-shot tasks from the validation split (model selection only).
@@ -90,5 +94,5 @@ esac
 out=${RUNS:-runs}/$run
 resume=()
 [ -f "$out/resume.safetensors" ] && resume=(--resume)  # the one file a run in progress commits
-exec "$python" -m engine.train --algorithm "$algorithm" --out "$out" "${args[@]}" "${split[@]}" "${canonical[@]}" "${resume[@]}" \
+exec "$python" -m engine.train --algorithm "$algorithm" --out "$out" "${args[@]}" "${split[@]}" "${canonical[@]}" "${within[@]}" "${resume[@]}" \
   --no-progress ${EXTRA:-}

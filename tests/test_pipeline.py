@@ -14,12 +14,14 @@ from PIL import Image
 
 from app.images import example_from_bytes
 from engine import evaluate, train
-from engine.checkpoint import load_tensors, read_metadata, read_tensor_metadata, save_tensors
+from engine.checkpoint import build_learner, load_tensors, read_metadata, read_tensor_metadata, save_tensors
 from engine.compare import as_images
+from engine.config import TrainConfig
 from engine.data.augment import augment_images, augment_task
 from engine.data.frames import omniglot_to_28, to_uint8
+from engine.data.loader import StepBatches
 from engine.data.omniglot import CharacterSet, decode_drawing, load_split
-from engine.data.tasks import alphabet_task_stream, sample_task
+from engine.data.tasks import alphabet_task_stream, sample_task, sample_training_task
 
 
 def _evaluation_pngs(omniglot_dir: Path, count: int, seed: int) -> list[tuple[str, bytes]]:
@@ -162,6 +164,49 @@ def test_within_alphabet_tasks_draw_every_class_from_one_alphabet(tiny_omniglot:
     assert seen == {"Cyrillic", "Greek", "Latin"}  # Futurama has only 2 characters: never eligible
     with pytest.raises(ValueError, match="the largest has 4"):
         alphabet_task_stream(chars, 5, 1, 1, seed=0)
+
+
+def test_training_episodes_from_one_alphabet_at_the_fraction_asked(tiny_omniglot: Path, isolated_cache: Path) -> None:
+    chars = load_split(tiny_omniglot, "background", progress=False)  # Cyrillic 3, Futurama 2, Greek 3, Latin 4
+
+    def alphabets(task) -> set[str]:
+        return {name.split("/")[0] for name in task.class_names}
+
+    # Off: the very tasks sample_task draws from the same stream (runs without it are unchanged).
+    for seed in range(5):
+        plain = sample_task(chars, 4, 1, 1, np.random.default_rng(seed), rotations=True)
+        same = sample_training_task(chars, 4, 1, 1, np.random.default_rng(seed), rotations=True, within_alphabet=0.0)
+        assert plain.class_names == same.class_names and torch.equal(plain.support_x, same.support_x)
+    # Always: every class from one alphabet; with rotations Futurama's 2 characters make 8 classes, enough for 6.
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(60):
+        task = sample_training_task(chars, 6, 1, 1, rng, rotations=True, within_alphabet=1.0)
+        assert len(alphabets(task)) == 1 and len(set(task.class_names)) == 6
+        seen |= alphabets(task)
+    assert seen == {"Cyrillic", "Futurama", "Greek", "Latin"}
+    # Half: both kinds, about half each (12 ways span several alphabets unless drawn from Latin's 16 classes).
+    rng = np.random.default_rng(1)
+    within = [len(alphabets(sample_training_task(chars, 12, 1, 1, rng, rotations=True, within_alphabet=0.5))) == 1
+              for _ in range(200)]
+    assert 70 <= sum(within) <= 130
+    with pytest.raises(ValueError, match="need an alphabet of 20 rotated classes; the largest has 16"):
+        sample_training_task(chars, 20, 1, 1, rng, rotations=True, within_alphabet=1.0)
+
+
+def test_a_within_alphabet_run_is_checked_before_it_trains(tiny_omniglot: Path, isolated_cache: Path) -> None:
+    chars = load_split(tiny_omniglot, "background", progress=False)
+    protonet = build_learner({"algorithm": "protonet"})
+    StepBatches(protonet, chars, TrainConfig(ways=12, within_alphabet=0.5))
+    with pytest.raises(ValueError, match="in 0..1; got 1.5"):
+        StepBatches(protonet, chars, TrainConfig(ways=5, within_alphabet=1.5))
+    with pytest.raises(ValueError, match="the largest has 16"):  # before any worker process draws a step
+        StepBatches(protonet, chars, TrainConfig(ways=20, within_alphabet=0.5))
+    pretrain = build_learner({"algorithm": "pretrain", "config": {"num_classes": 48}})
+    with pytest.raises(ValueError, match="pretrain trains on batches of images, not episodes"):
+        StepBatches(pretrain, chars, TrainConfig(within_alphabet=0.5))
+    batch = StepBatches(protonet, chars, TrainConfig(ways=6, meta_batch=3, within_alphabet=1.0))[4]
+    assert all(len({name.split("/")[0] for name in task.class_names}) == 1 for task in batch.tasks)
 
 
 def test_evaluate_within_alphabet(tiny_omniglot: Path, isolated_cache: Path, tmp_path: Path,

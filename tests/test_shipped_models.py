@@ -351,6 +351,16 @@ def test_runs_that_change_one_setting_are_compared_with_the_shipped_run(tmp_path
     assert "| mc2-2steps | +1.00 | — | — | 5w1s missed by 1.8 pt | 5w1s missed by 2.8 pt |" in section
     assert "| mc2-ways5to20 | -1.00 | — | — | 5w1s missed by 3.8 pt | 5w1s missed by 2.8 pt |" in section
 
+    # Episodes drawn from one alphabet: a setting of the training run, on the shipped run's own split.
+    for folder in (models / "mc2", runs):
+        shutil.rmtree(folder)
+    store_evaluation(models, "mc2", fake_run(models / "mc2", "mc2", 10, 40, split_scheme="background"), 5, 0.96)
+    within = fake_run(runs / "mc2-within", "mc2", 10, 40, split_scheme="background", within_alphabet=0.5)
+    store_evaluation(models, "mc2-within", within, 5, 0.965)
+    section = render(models, runs).split("## Candidate settings")[1]
+    assert "| **mc2-within** (mc2, ours; within_alphabet 0.0 → 0.5) | 96.50 ± 0.30 |" in section
+    assert "| mc2-within | +0.50 |" in section
+
 
 def test_a_learner_without_paper_figures_still_gets_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A newly registered algorithm that names no paper: its rows, no published row, no target."""
@@ -385,7 +395,13 @@ def test_train_sh_trains_into_runs_and_resumes_there(tmp_path: Path) -> None:
     # ALGORITHM-canonical-background: the same on all 30 background alphabets (the run to ship).
     final = command("metasgd-canonical-background")
     assert "--algorithm metasgd --out runs/metasgd-canonical-background " in final
-    assert "--split-scheme background" in final and "--val-ways 20" in final
+    assert "--split-scheme background" in final and "--val-ways 20" in final and "--within-alphabet" not in final
+    # ALGORITHM-within...: the same with half of the episodes from one alphabet; protonet's background runs
+    # take the shortened schedule, the last --meta-steps.
+    within = command("protonet-within-canonical-background")
+    assert "--algorithm protonet --out runs/protonet-within-canonical-background " in within
+    assert "--split-scheme background" in within and "--within-alphabet 0.5" in within
+    assert within.split("--meta-steps ")[-1].startswith("10000 ")
 
 
 def test_a_run_on_the_canonical_pipeline_is_evaluated_on_it_and_compared_in_its_section(

@@ -13,6 +13,7 @@ process draws a step changes nothing. Resuming needs no sampler state beyond the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -78,6 +79,12 @@ class StepBatches(torch.utils.data.Dataset[StepBatch]):
         self.train = train
         self.items = self.sampler.batch_items(train)
         self.indices = shard(self.items, rank, world_size)
+        if not 0.0 <= train.within_alphabet <= 1.0:
+            raise ValueError(f"--within-alphabet is a fraction of the episodes, in 0..1; got {train.within_alphabet}")
+        if train.within_alphabet:
+            # Raises ValueError here, before training, rather than in a worker process at the first step.
+            self.sampler.training_item(chars, dataclasses.replace(train, within_alphabet=1.0), train.ways,
+                                       np.random.default_rng(0))
 
     def augmented_item(self, ways: int, rng: np.random.Generator) -> Task:
         """One item, then the handwriting augmentation of its images from the same stream."""

@@ -8,6 +8,7 @@ keeps a 20-way 5-shot 15-query task well under a millisecond or two.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,6 +139,54 @@ def task_stream(
     return generate()
 
 
+@functools.lru_cache(maxsize=16)
+def alphabet_pools(chars: CharacterSet, ways: int, rotations: bool = False) -> dict[str, CharacterSet]:
+    """The alphabets of ``chars`` that can fill a ``ways``-way task on their own (counting rotated copies as
+    classes with ``rotations``), each as its own set, in ``chars.alphabet_names`` order. Cached per set (sets
+    compare by identity), as training draws from them every step; raises ValueError when none can."""
+    by_alphabet = {name: np.flatnonzero(np.asarray(chars.alphabets) == name) for name in chars.alphabet_names}
+    per_character = ROTATIONS if rotations else 1
+    eligible = [name for name, members in by_alphabet.items() if len(members) * per_character >= ways]
+    if not eligible:
+        largest = max((len(m) for m in by_alphabet.values()), default=0) * per_character
+        kind = "rotated classes" if rotations else "characters"
+        raise ValueError(f"{ways}-way within-alphabet tasks need an alphabet of {ways} {kind}; "
+                         f"the largest has {largest}")
+    return {name: chars.subset(by_alphabet[name]) for name in eligible}
+
+
+def sample_within_alphabet_task(
+    chars: CharacterSet,
+    ways: int,
+    shots: int,
+    queries: int,
+    rng: np.random.Generator,
+    rotations: bool = False,
+) -> Task:
+    """One task whose ``ways`` classes all come from one alphabet, drawn uniformly among those that have
+    enough, then the task as :func:`sample_task` draws it from that alphabet."""
+    pools = alphabet_pools(chars, ways, rotations)
+    names = list(pools)
+    return sample_task(pools[names[int(rng.integers(len(names)))]], ways, shots, queries, rng, rotations=rotations)
+
+
+def sample_training_task(
+    chars: CharacterSet,
+    ways: int,
+    shots: int,
+    queries: int,
+    rng: np.random.Generator,
+    rotations: bool = False,
+    within_alphabet: float = 0.0,
+) -> Task:
+    """A training episode: with probability ``within_alphabet`` every class from one alphabet (the hard
+    negatives of Lake et al.'s within-alphabet benchmark), otherwise from anywhere. The coin is drawn only
+    when ``within_alphabet`` > 0, so a run without it draws exactly the tasks it always did."""
+    if within_alphabet > 0 and rng.random() < within_alphabet:
+        return sample_within_alphabet_task(chars, ways, shots, queries, rng, rotations=rotations)
+    return sample_task(chars, ways, shots, queries, rng, rotations=rotations)
+
+
 def alphabet_task_stream(
     chars: CharacterSet,
     ways: int,
@@ -148,20 +197,13 @@ def alphabet_task_stream(
     """Infinite stream of tasks whose ``ways`` classes all come from one alphabet (Lake et al. 2015's
     within-alphabet benchmark: how a person confuses characters), the alphabet drawn uniformly among
     those with at least ``ways`` characters, then the task as :func:`sample_task` draws it."""
-    by_alphabet = {name: np.flatnonzero(np.asarray(chars.alphabets) == name) for name in chars.alphabet_names}
-    eligible = [name for name, members in by_alphabet.items() if len(members) >= ways]
-    if not eligible:
-        largest = max((len(m) for m in by_alphabet.values()), default=0)
-        raise ValueError(f"{ways}-way within-alphabet tasks need an alphabet of {ways} characters; "
-                         f"the largest has {largest}")
-    subsets = {name: chars.subset(by_alphabet[name]) for name in eligible}
-    check_task_args(subsets[eligible[0]], ways, shots, queries)
+    pools = alphabet_pools(chars, ways)
+    check_task_args(next(iter(pools.values())), ways, shots, queries)
     rng = np.random.default_rng(seed)
 
     def generate() -> Iterator[Task]:
         while True:
-            alphabet = eligible[int(rng.integers(len(eligible)))]
-            yield sample_task(subsets[alphabet], ways, shots, queries, rng)
+            yield sample_within_alphabet_task(chars, ways, shots, queries, rng)
 
     return generate()
 

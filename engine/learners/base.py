@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.config import TrainConfig
-from engine.data.tasks import sample_task
+from engine.data.tasks import sample_training_task
 from engine.nets import BackboneConfig, Params, init_backbone
 from engine.registry import Registry
 
@@ -259,8 +259,10 @@ class Learner(ABC):
 
     def training_item(self, chars: "CharacterSet", train: "TrainConfig", ways: int,
                       rng: np.random.Generator) -> "Task":
-        """One item of a step's batch, drawn from ``rng`` (default: a ``ways``-way ``shots``-shot task)."""
-        return sample_task(chars, ways, train.shots, train.queries, rng, rotations=train.rotations)
+        """One item of a step's batch, drawn from ``rng`` (default: a ``ways``-way ``shots``-shot task, from one
+        alphabet with probability ``--within-alphabet``)."""
+        return sample_training_task(chars, ways, train.shots, train.queries, rng, rotations=train.rotations,
+                                    within_alphabet=train.within_alphabet)
 
     # -- the algorithm -----------------------------------------------------------------------
     @abstractmethod

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.config import TrainConfig
-from engine.data.tasks import Task, sample_task
+from engine.data.tasks import Task, sample_training_task
 from engine.learners.base import (
     About, AdaptSettings, Adapted, Learner, LearnerConfig, MetaLoss, PaperReference, StepRecord, Stopwatch, accuracy,
     non_finite_warning,
@@ -272,7 +272,8 @@ class BlackBox(Learner):
             raise ValueError(f"min_train_shots ({low_shots}) must lie in 1..--shots ({train.shots})")
         ways = int(rng.integers(low_ways, train.ways + 1))
         shots = int(rng.integers(low_shots, train.shots + 1))
-        task = sample_task(chars, ways, shots, train.queries, rng, rotations=train.rotations)
+        task = sample_training_task(chars, ways, shots, train.queries, rng, rotations=train.rotations,
+                                    within_alphabet=train.within_alphabet)
         slots = tuple(int(s) for s in rng.permutation(MAX_WAYS)[:ways])
         return SlottedTask(**{f.name: getattr(task, f.name) for f in dataclasses.fields(Task)}, slots=slots)
 

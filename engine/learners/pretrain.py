@@ -157,6 +157,8 @@ class Pretrain(GradientLearner):
     def training_item(self, chars: "CharacterSet", train: "TrainConfig", ways: int,
                       rng: np.random.Generator) -> Task:
         """A batch of ``batch_size`` images with global labels (``ways`` is unused)."""
+        if train.within_alphabet:
+            raise ValueError("pretrain trains on batches of images, not episodes: --within-alphabet does not apply")
         classes = class_count(chars, train.rotations)
         if classes != self.config.num_classes:
             raise ValueError(f"pretrain's head has {self.config.num_classes} outputs but the training data has "
