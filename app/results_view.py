@@ -76,7 +76,8 @@ def render_results(models: dict[str, ModelEntry], selected: list[str], settings:
             queued = st.empty()
             try:
                 record = run_comparison(ws, models, selected, settings, key, state.session_id(),
-                                        on_wait=lambda ahead: queued.caption(queue_text(ahead)))
+                                        on_wait=lambda ahead: queued.caption(queue_text(ahead)),
+                                        previous=state.last_results())
             except QueueFull:
                 queued.empty()
                 st.warning("The server is busy with other people's comparisons: press Run again in a moment.",
@@ -120,12 +121,12 @@ def show_record(ws: Workspace, record: RunRecord, device_text: str, learners: di
 
     curves = st.columns(2)
     with curves[0]:
-        st.vega_lite_chart(record.chart(("loss",), lambda: charts.loss_chart(results, names)), width="stretch")
+        st.vega_lite_chart(record.page_chart(("loss",), lambda: charts.loss_chart(results, names)), width="stretch")
     with curves[1]:
-        st.vega_lite_chart(record.chart(("accuracy",), lambda: charts.accuracy_chart(results, names)),
+        st.vega_lite_chart(record.page_chart(("accuracy",), lambda: charts.accuracy_chart(results, names)),
                            width="stretch")
     if any(r.ok for r in results):
-        st.vega_lite_chart(record.chart(("time",), lambda: charts.time_chart(results, names)), width="stretch")
+        st.vega_lite_chart(record.page_chart(("time",), lambda: charts.time_chart(results, names)), width="stretch")
     render_views_fragment(learners or {}, settings or AdaptSettings(), current and learners is not None, device_text)
 
     queries = len(record.queries)
@@ -294,7 +295,7 @@ def query_block(record: RunRecord, results: list[AlgorithmResult], index: int, e
             with st.container(width=NETWORK_WIDTH + CARD_PADDING, gap="xsmall", key=f"qnet-res-{index}"):
                 st.image(example.original_url, width=NETWORK_WIDTH)
                 st.image(example.network_url, width=NETWORK_WIDTH)
-            spec = record.chart(("query", example.id, label, tuple(class_names), chart_width),
+            spec = record.page_chart(("query", example.id, label, tuple(class_names), chart_width),
                                 lambda: charts.probability_chart(results, index, class_names, label,
                                                                  width=chart_width))
             if spec is None:

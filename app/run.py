@@ -46,6 +46,8 @@ class RunRecord:
     adapted_key: tuple[Any, ...] = ()
     # Compiled chart specs, keyed by what they show (labels and names can change without a rerun).
     charts: dict[tuple[Any, ...], dict[str, Any] | None] = dataclasses.field(default_factory=dict)
+    # The same specs as the page sends them (charts.for_page), under the same keys.
+    page_specs: dict[tuple[Any, ...], dict[str, Any] | None] = dataclasses.field(default_factory=dict)
 
     def keep_charts_of(self, previous: RunRecord | None) -> None:
         """Take over ``previous``'s compiled :data:`ADAPTATION_CHARTS` when both were adapted alike (a query
@@ -57,14 +59,25 @@ class RunRecord:
             if key[0] in ADAPTATION_CHARTS and (key[0] != "query" or key[1] in shown) \
                     and len(self.charts) < MAX_CACHED_CHARTS:
                 self.charts.setdefault(key, spec)
+                if key in previous.page_specs:
+                    self.page_specs.setdefault(key, previous.page_specs[key])
 
     def chart(self, key: tuple[Any, ...], build: Callable[[], Any]) -> dict[str, Any] | None:
+        """The chart's Vega-Lite spec (its data as rows: what an export converts), compiled once."""
         if key not in self.charts:
             if len(self.charts) > MAX_CACHED_CHARTS:
                 self.charts.clear()
+                self.page_specs.clear()
             chart = build()
-            self.charts[key] = None if chart is None else charts.to_spec(chart)
+            self.charts[key] = None if chart is None else charts.compile_chart(str(key[0]), chart)
         return self.charts[key]
+
+    def page_chart(self, key: tuple[Any, ...], build: Callable[[], Any]) -> dict[str, Any] | None:
+        """:meth:`chart`'s spec as ``st.vega_lite_chart`` sends it (:func:`app.charts.for_page`), made once."""
+        if key not in self.page_specs:
+            spec = self.chart(key, build)
+            self.page_specs[key] = None if spec is None else charts.for_page(spec)
+        return self.page_specs[key]
 
 
 def task_problems(ws: Workspace) -> dict[str, str]:
@@ -91,11 +104,13 @@ WAIT_POLL_S = 0.05
 
 
 def run_comparison(ws: Workspace, models: dict[str, ModelEntry], selected: list[str], settings: AdaptSettings,
-                   key: tuple[Any, ...], session: str = "", on_wait: Callable[[int], None] | None = None) -> RunRecord:
+                   key: tuple[Any, ...], session: str = "", on_wait: Callable[[int], None] | None = None,
+                   previous: RunRecord | None = None) -> RunRecord:
     """Adapt what is not adapted yet and predict the queries with every selected algorithm.
 
     Adapted learners are kept (:func:`~app.resources.adapted_cache`) per algorithm, support set and
-    resolved settings: a new, deleted or relabelled query only predicts again. Adaptations go through
+    resolved settings: a new, deleted or relabelled query only predicts again, and only the queries
+    ``previous`` (the session's last comparison) did not predict with the same adapted learners. Adaptations go through
     the shared queue (:func:`~app.resources.compute_queue`) as one request of ``session``; while it
     waits, ``on_wait(requests ahead)`` is called every :data:`WAIT_POLL_S` seconds. Raises
     :class:`~app.compute_queue.QueueFull` when the server has too many requests waiting."""
@@ -106,18 +121,35 @@ def run_comparison(ws: Workspace, models: dict[str, ModelEntry], selected: list[
     start = time.perf_counter()
     results: list[AlgorithmResult] = []
     error = None
+    adapted_key = (ws.support_key(), tuple(selected), settings, tuple(id(models[name].learner) for name in selected))
+    queries = [q.example for q in ws.queries]
     try:
         task = prepare_task(support_x, support_y, ws.ways, query_x, query_y)
     except TaskInputError as problem:
         error = str(problem)
     else:
         outcomes = adapted_outcomes(learners, task, settings, session, on_wait)
-        results = predict_all({name: outcomes[name] for name in learners}, task.query_x, task.query_y)
+        known = known_predictions(previous, adapted_key, queries)
+        results = predict_all({name: outcomes[name] for name in learners}, task.query_x, task.query_y, known)
     wall_ms = (time.perf_counter() - start) * 1000.0
-    adapted_key = (ws.support_key(), tuple(selected), settings, tuple(id(models[name].learner) for name in selected))
     return RunRecord(key=key, results=results, ways=ws.ways, shots=ws.shots, support_count=len(support_y),
-                     queries=[q.example for q in ws.queries], wall_ms=wall_ms, settings_text=settings_text(settings),
+                     queries=queries, wall_ms=wall_ms, settings_text=settings_text(settings),
                      error=error, adapted_key=adapted_key)
+
+
+def known_predictions(previous: RunRecord | None, adapted_key: tuple[Any, ...],
+                      queries: list[Example]) -> dict[str, list[Any]]:
+    """Per algorithm, the probabilities ``previous`` gave each of ``queries`` (None for a query it did not
+    have), when it was adapted alike; nothing from an algorithm whose result failed or diverged."""
+    if previous is None or not adapted_key or previous.adapted_key != adapted_key:
+        return {}
+    place = {example.id: index for index, example in enumerate(previous.queries)}
+    known = {}
+    for result in previous.results:
+        if result.ok and not result.diverged and result.probabilities is not None:
+            known[result.name] = [None if example.id not in place else result.probabilities[place[example.id]]
+                                  for example in queries]
+    return known
 
 
 def adapted_outcomes(learners: dict[str, Learner], task: PreparedTask, settings: AdaptSettings, session: str,

@@ -303,24 +303,44 @@ def adapt_batched(learners: Mapping[str, Learner], support_x: Tensor, support_y:
             for name, learner in learners.items()}
 
 
-def predict_one(outcome: AdaptOutcome, query_x: Tensor, query_y: Tensor | None = None) -> AlgorithmResult:
+KnownRows = Sequence[np.ndarray | None]
+"""Per query, the probabilities the same adapted learner gave it before (None: not predicted yet)."""
+
+
+def predict_one(outcome: AdaptOutcome, query_x: Tensor, query_y: Tensor | None = None,
+                known: KnownRows | None = None) -> AlgorithmResult:
     """The outcome's result with the queries' probabilities, predictions and score (a new object:
-    the outcome itself is left as it was, so it can be reused for other queries)."""
+    the outcome itself is left as it was, so it can be reused for other queries).
+
+    ``known``: per query, the probabilities this same outcome gave it before, or None. Only the others are
+    run through the network: each query is predicted alone (batch norm uses the support set's statistics),
+    so a query's row does not depend on which queries come with it. Known rows must be finite: a result
+    with non-finite predictions is marked diverged and its rows are not for reuse."""
     result = dataclasses.replace(outcome.result, trace=list(outcome.result.trace), notes=list(outcome.result.notes),
                                  probabilities=None, predictions=None, predict_ms=0.0)
     if not outcome.ok or not query_x.shape[0]:
         return result
     assert outcome.adapted is not None
-    ways = outcome.adapted.ways
+    ways, count = outcome.adapted.ways, int(query_x.shape[0])
+    rows = [None] * count if known is None else list(known)
+    if len(rows) != count:
+        raise ValueError(f"known holds {len(rows)} rows for {count} queries")
+    missing = [index for index, row in enumerate(rows) if row is None]
     try:
         start = time.perf_counter()
-        probabilities = outcome.adapted.predict_proba(query_x.to(outcome.device)).detach().to("cpu", torch.float32)
-        if outcome.device.type == "cuda":
-            torch.cuda.synchronize(outcome.device)
+        probabilities = torch.empty(count, ways)
+        if missing:
+            fresh = outcome.adapted.predict_proba(query_x[missing].to(outcome.device)).detach().to("cpu", torch.float32)
+            if outcome.device.type == "cuda":
+                torch.cuda.synchronize(outcome.device)
+            if tuple(fresh.shape) != (len(missing), ways):
+                raise RuntimeError(f"predict_proba returned shape {tuple(fresh.shape)}, "
+                                   f"expected {(len(missing), ways)}")
+            probabilities[missing] = fresh
+        for index, row in enumerate(rows):
+            if row is not None:
+                probabilities[index] = torch.as_tensor(row, dtype=torch.float32)
         result.predict_ms = (time.perf_counter() - start) * 1000.0
-        if tuple(probabilities.shape) != (query_x.shape[0], ways):
-            raise RuntimeError(f"predict_proba returned shape {tuple(probabilities.shape)}, "
-                               f"expected {(query_x.shape[0], ways)}")
         if not torch.isfinite(probabilities).all():
             note = "Its predictions are not finite numbers (NaN/inf): the adapted weights blew up."
             result.warning = f"{result.warning} {note}" if result.warning else note
@@ -458,14 +478,16 @@ def adapt_all(learners: Mapping[str, Learner], support_images: ImageBatch,
 
 
 def predict_all(outcomes: Mapping[str, AdaptOutcome], query_images: ImageBatch | None,
-                query_labels: Tensor | np.ndarray | Sequence[int] | None = None) -> list[AlgorithmResult]:
-    """Every adapted learner's predictions for the same queries (in the order of ``outcomes``)."""
+                query_labels: Tensor | np.ndarray | Sequence[int] | None = None,
+                known: Mapping[str, KnownRows] | None = None) -> list[AlgorithmResult]:
+    """Every adapted learner's predictions for the same queries (in the order of ``outcomes``); ``known``:
+    per learner, the rows it gave queries before (:func:`predict_one`), which are not predicted again."""
     ways = {outcome.adapted.ways for outcome in outcomes.values() if outcome.adapted is not None}
     query_x = as_images(query_images, "query images")
     query_y = as_labels(query_labels, query_x.shape[0], max(ways, default=0), "query")
     if query_y is not None and query_y.numel() and ways and int(query_y.max()) >= min(ways):
         raise TaskInputError(f"Query labels must lie in 0..{min(ways) - 1} (or -1 for unknown).")
-    return [predict_one(outcome, query_x, query_y) for outcome in outcomes.values()]
+    return [predict_one(outcome, query_x, query_y, (known or {}).get(name)) for name, outcome in outcomes.items()]
 
 
 AdaptKey = tuple[Any, ...]

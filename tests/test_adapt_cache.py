@@ -60,6 +60,37 @@ def test_adapt_once_predict_many_gives_what_compare_gives() -> None:
     assert all(o.result.probabilities is None for o in outcomes.values())
 
 
+def test_known_rows_are_not_predicted_again_and_change_nothing() -> None:
+    """Each query is predicted alone (support-set batch norm), so rows predicted before are reused as they are
+    and only the other queries go through the network: the same probabilities and score as predicting all."""
+    models = {name: LEARNERS[name](backbone=TINY, seed=1) for name in ("maml", "protonet", "blackbox")}
+    support_x, support_y = blobs(3, 2)
+    query_x, query_y = blobs(3, 2, seed=4)
+    outcomes = adapt_all(models, support_x, support_y, 3, AdaptSettings(steps=2))
+    full = predict_all(outcomes, query_x, query_y)
+    batches: list[int] = []
+    for outcome in outcomes.values():
+        predict = outcome.adapted.predict_proba
+
+        def counted(x, *args, predict=predict, **kwargs):  # type: ignore[no-untyped-def]
+            batches.append(int(x.shape[0]))
+            return predict(x, *args, **kwargs)
+
+        outcome.adapted.predict_proba = counted  # type: ignore[method-assign]
+    reused = [0, 2, 3, 5]  # four of the six queries predicted before
+    known = {r.name: [r.probabilities[i] if i in reused else None for i in range(6)] for r in full}
+    again = predict_all(outcomes, query_x, query_y, known)
+    assert batches == [2, 2, 2]  # only the two new queries, once per learner
+    for before, after in zip(full, again):
+        np.testing.assert_allclose(after.probabilities, before.probabilities, atol=1e-5)
+        assert list(after.predictions) == list(before.predictions)
+        assert (after.correct, after.labelled) == (before.correct, before.labelled)
+    everything = predict_all(outcomes, query_x, query_y, {r.name: list(r.probabilities) for r in full})
+    assert batches == [2, 2, 2] and all(r.probabilities.shape == (6, 3) for r in everything)
+    with pytest.raises(ValueError, match="known holds 2 rows for 6 queries"):
+        predict_all(outcomes, query_x, query_y, {"maml": [None, None]})
+
+
 def test_the_cache_adapts_once_per_learner_support_set_and_settings() -> None:
     calls: list[str] = []
     models = {name: counting(name, calls) for name in ("maml", "protonet")}
@@ -163,24 +194,43 @@ def test_a_superseded_request_is_dropped_and_a_full_queue_refuses() -> None:
 # --------------------------------------------------------------------------- the app
 
 
-def test_the_app_adapts_only_when_the_support_set_or_the_settings_change(models_dir: Path) -> None:  # noqa: F811
+def test_the_app_adapts_only_when_the_support_set_or_the_settings_change(models_dir: Path,  # noqa: F811
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import compare as engine_compare
+
+    predicted: list[int] = []  # queries run through a network, per algorithm and comparison
+    original = engine_compare.predict_one
+
+    def predict_one(outcome, query_x, query_y=None, known=None):  # type: ignore[no-untyped-def]
+        predicted.append(int(query_x.shape[0]) if known is None else sum(row is None for row in known))
+        return original(outcome, query_x, query_y, known)
+
+    monkeypatch.setattr(engine_compare, "predict_one", predict_one)
     cache = resources.adapted_cache()
     at = start(ways=2, shots=2)
     fill_task(at, 2, queries=(0,))  # one example per class: the task can run (K is a maximum)
     algorithms = len(at.session_state["algorithms"])
     count = cache.adaptations
-    draw(at, "pad-queries", shape_png(1, jitter=0.05))  # a new query: predictions only
+    first = at.session_state["results"]
+    predicted.clear()
+    draw(at, "pad-queries", shape_png(1, jitter=0.05))  # a new query: predictions only, of the new query only
     ws = workspace(at)
     assert len(ws.queries) == 2 and cache.adaptations == count
     rows = at.session_state["results"].results
     assert all(r.predictions is not None and len(r.predictions) == 2 for r in rows if r.ok)
+    assert predicted == [1] * algorithms
+    for before, after in zip(first.results, rows):
+        if after.ok:  # the first query's row is taken over as it was
+            np.testing.assert_array_equal(after.probabilities[0], before.probabilities[0])
     label_box = [box for box in at.selectbox if box.key and box.key.startswith("qlabel-")][0]
     label_box.set_value(1).run()  # a label: scoring only
     assert cache.adaptations == count
     assert [workspace(at).query_label(q) for q in workspace(at).queries].count(1) == 1
     whole_page(at)  # a label pick redraws only what shows labels (AppTest keeps only the last run's elements)
-    at.button(key=f"qdel-{ws.queries[0].example.id}").click().run()  # deleting a query: predictions only
+    predicted.clear()
+    at.button(key=f"qdel-{ws.queries[0].example.id}").click().run()  # deleting a query: nothing to predict
     assert cache.adaptations == count and len(workspace(at).queries) == 1
+    assert predicted == [0] * algorithms
     draw(at, class_pad(0), shape_png(3))  # a new support example: every algorithm adapts again
     assert cache.adaptations == count + algorithms
     inner = sum(LEARNERS[name].has_inner_loop for name in at.session_state["algorithms"])
@@ -221,3 +271,47 @@ def test_a_new_or_deleted_query_compiles_only_its_own_chart(models_dir: Path,  #
     assert record.charts is not second_chart
     draw(at, class_pad(0), shape_png(3))  # a new support example: every query's chart again
     assert compiled[1:] == [0, 1]
+
+
+def test_the_page_sends_a_charts_data_as_streamlit_converts_it(models_dir: Path) -> None:  # noqa: F811
+    """A chart's datasets go to the page already as Arrow (converted once per chart, not on every rerun):
+    the same message as Streamlit makes from the rows, and the spec an export converts keeps its rows."""
+    from streamlit.elements.vega_charts import _marshall_chart_data
+    from streamlit.proto.VegaLiteChart_pb2 import VegaLiteChart
+
+    from app import charts
+
+    at = start(ways=2, shots=2)
+    fill_task(at, 2, queries=(0, 1))
+    record = at.session_state["results"]
+    assert record.page_specs and set(record.page_specs) <= set(record.charts)
+    for key, page in record.page_specs.items():
+        spec = record.charts[key]
+        assert all(isinstance(rows, list) for rows in spec["datasets"].values())
+        assert all(isinstance(data, bytes) for data in page["datasets"].values())
+        assert charts.for_page(page) == page
+        sent = []
+        for given in (spec, page):
+            proto = VegaLiteChart()
+            _marshall_chart_data(proto, dict(given))
+            sent.append(proto.SerializeToString())
+        assert sent[0] == sent[1]
+
+
+def test_only_the_first_chart_of_a_kind_is_validated() -> None:
+    """Validating the schema is most of what compiling a chart costs; a kind's charts share one structure."""
+    import altair as alt
+
+    from app import charts
+
+    def bar(width: object) -> alt.Chart:
+        chart = alt.Chart(alt.Data(values=[{"x": 1}])).mark_bar().encode(x="x:Q")
+        chart.width = width  # set directly: Altair checks it only when the spec is validated
+        return chart
+
+    from altair.utils.schemapi import SchemaValidationError
+
+    with pytest.raises(SchemaValidationError):  # a spec the schema refuses, caught the first time
+        charts.compile_chart("test-bar", bar("wide"))
+    assert charts.compile_chart("test-bar", bar(100))["width"] == 100
+    assert charts.compile_chart("test-bar", bar("wide"))["width"] == "wide"  # later ones are not checked
