@@ -23,8 +23,9 @@ from engine.learners import AdaptSettings, Learner
 
 MAX_CACHED_CHARTS = 200
 """Chart specs kept per comparison (one per query, label and width shown); beyond it they are rebuilt."""
-ADAPTATION_CHARTS = ("query", "loss")
-"""Charts that show only what the adapted learners say (a query's probabilities, the inner-loop losses):
+ADAPTATION_CHARTS = ("query", "loss", "accuracy")
+"""Charts that show only what the adapted learners say (a query's probabilities, the inner loop's support
+losses and accuracies):
 a comparison on the same support set and settings reuses the previous one's instead of compiling them
 again (compiling and validating a query's chart costs more than predicting it: docs/performance.md)."""
 

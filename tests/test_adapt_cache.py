@@ -256,12 +256,17 @@ def test_a_new_or_deleted_query_compiles_only_its_own_chart(models_dir: Path,  #
         return original(results, query_index, *args, **kwargs)
 
     monkeypatch.setattr(charts, "probability_chart", probability_chart)
+    curves: list[str] = []
+    for name in ("loss_chart", "accuracy_chart"):
+        monkeypatch.setattr(charts, name, lambda *args, name=name, original=getattr(charts, name), **kwargs: (
+            curves.append(name), original(*args, **kwargs))[1])
     at = start(ways=2, shots=2)
     fill_task(at, 2, queries=(0, 1))
     whole_page(at)
     compiled.clear()
+    curves.clear()
     draw(at, "pad-queries", shape_png(1, jitter=0.05))  # a third query
-    assert compiled == [2]
+    assert compiled == [2] and curves == []  # the inner loop's curves are those of the same adaptations
     first = workspace(at).queries[0].example.id
     second_chart = at.session_state["results"].charts
     at.button(key=f"qdel-{first}").click().run()  # the others move up a place: their charts still hold
@@ -270,7 +275,7 @@ def test_a_new_or_deleted_query_compiles_only_its_own_chart(models_dir: Path,  #
     assert [key[1] for key in record.charts if key[0] == "query"] == [q.id for q in record.queries]
     assert record.charts is not second_chart
     draw(at, class_pad(0), shape_png(3))  # a new support example: every query's chart again
-    assert compiled[1:] == [0, 1]
+    assert compiled[1:] == [0, 1] and sorted(curves) == ["accuracy_chart", "loss_chart"]
 
 
 def test_the_page_sends_a_charts_data_as_streamlit_converts_it(models_dir: Path) -> None:  # noqa: F811
