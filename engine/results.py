@@ -21,17 +21,25 @@ Each learning curve (validation accuracy against meta-steps and against training
 Which section a candidate belongs to follows from its configuration against the shipped run's (its split
 scheme, or the settings it changes), never from its name; papers' figures and notes come from each learner's
 ``about`` (engine/learners/base.py's ``About``).
+
+Publishing retires the checkpoint it replaces: its evaluations move to ``<models>/eval/<algorithm>-retired-<SHA8>/``
+(RESULTS.md's "Checkpoints shipped before"), and where it trained on another pipeline it is first evaluated
+through the app's, as the app served it, so what replacing it changed is measured on what users saw. Its
+weights stay in git's history: ``--algorithms <algorithm>-retired-<SHA8>`` recovers them by SHA-256
+(engine/history.py) and evaluates them again, the as-served figures included.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
 import math
 import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +52,7 @@ from engine.checkpoint import build_learner, read_metadata
 from engine.compare import effective_settings
 from engine.data.download import file_digest
 from engine.data.omniglot import SCHEMES_TRAINING_ON_VALIDATION, VALIDATION_SOURCES
+from engine.history import recover_checkpoint
 from engine.learners import LEARNERS, AdaptSettings, PaperReference
 from engine.paths import REPO_ROOT
 from engine.results_targets import EvaluatedRun, TargetContext, read_levers, render_targets
@@ -104,6 +113,7 @@ class Run:
     metadata: dict[str, Any]  # its checkpoint's model.json
     summary: dict[str, Any]  # its <models>/eval/<name>/run.json (see run_summary)
     checkpoint: Path | None  # <folder>/model where its weights are here; None: only its summary is committed
+    source: str | None = None  # where the weights came from, as commands show it, when not ``checkpoint``
 
 
 @dataclass(frozen=True)
@@ -406,14 +416,15 @@ def evaluate_checkpoint(models: Path, run: Run, setting: Setting, tasks: int,
             "--tasks", str(tasks), "--seed", str(EVAL_SEED), *(["--transductive"] if transductive else []),
             *(["--within-alphabet"] if setting.within_alphabet else []), "--pipeline", pipeline,
             "--undo-rising-steps", "off"]
-    shown = [shown_path(checkpoint) if a == str(checkpoint) else a for a in argv]
+    shown_checkpoint = run.source or shown_path(checkpoint)
+    shown = [shown_checkpoint if a == str(checkpoint) else a for a in argv]
     if data_dir is not None:
         argv += ["--data-dir", data_dir]
     path.parent.mkdir(parents=True, exist_ok=True)
     if evaluate.main([*argv, "--device", device, "--json", str(path)]) != 0:
         raise RuntimeError(f"engine.evaluate failed for {run.name} {setting_name(*setting)}")
     result = read_json(path) or {}
-    result.update(checkpoint_sha256=sha, meta_step=run.metadata.get("meta_step"), checkpoint=shown_path(checkpoint),
+    result.update(checkpoint_sha256=sha, meta_step=run.metadata.get("meta_step"), checkpoint=shown_checkpoint,
                   command="python -m engine.evaluate " + " ".join(shown))
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
@@ -670,8 +681,10 @@ def candidate_section(models: Path, section: CandidateSection, candidates: Seque
                       ) -> list[str]:
     """RESULTS.md's table of the runs of ``section`` (with whatever evaluations they have, and transductive
     ones where made), each beside its paper, and what the change is worth against the shipped runs'
-    evaluations (``ours``). ``served``: per algorithm, the shipped run evaluated through another image
-    pipeline (pipeline, training status, evaluations), shown under the candidate and compared with it too."""
+    evaluations (``ours``). ``served``: by name, a run evaluated through another image pipeline (pipeline,
+    training status, evaluations), shown under the candidate and compared with it too: the run a candidate is
+    set against, or in the section of checkpoints shipped before, the retired checkpoint itself, as the app
+    served it (set against the one shipped now)."""
     served = served or {}
     if not candidates:
         return []
@@ -688,7 +701,11 @@ def candidate_section(models: Path, section: CandidateSection, candidates: Seque
         compared = "" if against == run.algorithm or section.retired else f"; against {against}"
         lines += our_rows(run.name, f"({run.algorithm}, ours{'; ' + change if change else ''}{compared})",
                           run.algorithm, training_status(run), candidate.results, candidate.transductive, link)
-        if against in served:
+        if section.retired and run.name in served:
+            pipeline, status, results = served[run.name]
+            lines += our_rows(run.name, f"({run.algorithm}, shipped before, ours) through the {pipeline} pipeline, "
+                              "as the app served it", run.algorithm, status, results)
+        elif not section.retired and against in served:
             pipeline, status, results = served[against]
             what = "shipped" if against == run.algorithm else "shipped before"
             lines += our_rows(against, f"({what}, ours) through the {pipeline} pipeline, as the app serves it",
@@ -696,7 +713,13 @@ def candidate_section(models: Path, section: CandidateSection, candidates: Seque
         lines += published_rows(run.algorithm)
     lines += split_cost_rows(section, candidates, ours)
     served_pipelines = sorted({pipeline for pipeline, _, _ in served.values()})
-    if served_pipelines:
+    if section.retired:  # the retired checkpoint as served, minus the one shipped now
+        as_served = [dataclasses.replace(candidate, results=served[candidate.run.name][2])
+                     for candidate in candidates if candidate.run.name in served]
+        lines += split_cost_rows(section, as_served, ours,
+                                 f"; the checkpoint shipped before through the {listing(served_pipelines)} pipeline, "
+                                 "as the app served it")
+    elif served_pipelines:
         lines += split_cost_rows(section, candidates, {name: results for name, (_, _, results) in served.items()},
                                  f" through the {listing(served_pipelines)} pipeline, as the app serves it")
     lines.append("")
@@ -799,7 +822,7 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
     for section, section_candidates in (candidates or {}).items():
         shown = ({name: (SERVED_PIPELINE, training_status(references[name]), results)
                   for name, results in (served or {}).items() if results and name in references}
-                 if section is PIPELINE_AND_AUGMENTATION else None)
+                 if section in (PIPELINE_AND_AUGMENTATION, SHIPPED_BEFORE) else None)
         # A checkpoint shipped before is set against the one shipped now (what replacing it changed).
         ours = evaluations if section.retired else compared
         lines += candidate_section(models, section, section_candidates, ours, shown)
@@ -873,11 +896,12 @@ def target_context() -> TargetContext:
 
 
 # -- publishing --------------------------------------------------------------------------------
-def publish(folder: Path, models: Path) -> Path:
+def publish(folder: Path, models: Path, tasks: int = 600, data_dir: str | None = None, device: str = "auto") -> Path:
     """Ship the run in ``folder`` (an ``engine.train --out`` folder): copy its checkpoint into
     ``<models>/<algorithm>/`` (its metadata names the algorithm), record its summary for RESULTS.md and draw
     its curve there; returns that folder. Its earlier evaluations no longer match and are redone by the next
-    ``python -m engine.results``."""
+    ``python -m engine.results``. The checkpoint it replaces is retired (:func:`retire`), first evaluated
+    as the app served it (:func:`evaluate_as_served`, on ``tasks`` tasks) where it trained on another pipeline."""
     metadata = read_metadata(folder / "model")
     algorithm = metadata["algorithm"]
     if algorithm not in LEARNERS:
@@ -885,7 +909,18 @@ def publish(folder: Path, models: Path) -> Path:
     target = models / algorithm
     target.mkdir(parents=True, exist_ok=True)
     if (target / "model.safetensors").exists():
-        retire(models, algorithm, file_digest(folder / "model.safetensors", "sha256"))
+        replaced_by = file_digest(folder / "model.safetensors", "sha256")
+        sha = file_digest(target / "model.safetensors", "sha256")
+        if sha != replaced_by:
+            outgoing = Run(algorithm, algorithm, read_json(target / "model.json") or {}, {"checkpoint_sha256": sha},
+                           target / "model")
+            try:
+                evaluate_as_served(models, outgoing, tasks, data_dir, device)
+            except (OSError, RuntimeError, ValueError) as error:  # publishing goes on; git keeps the weights
+                print(f"warning: {algorithm}'s replaced checkpoint was not evaluated as served ({error}); "
+                      f"`python -m engine.results --algorithms {algorithm}-retired-{sha[:8]}` does it from git's "
+                      "history", file=sys.stderr)
+        retire(models, algorithm, replaced_by)
     for name in ("model.safetensors", "model.json"):
         shutil.copyfile(folder / name, target / name)
     summary = run_summary(folder)
@@ -895,6 +930,29 @@ def publish(folder: Path, models: Path) -> Path:
     if not draw_curve(run, curve):
         curve.unlink(missing_ok=True)  # the replaced checkpoint's curve would describe another run
     return target
+
+
+def evaluate_as_served(models: Path, run: Run, tasks: int, data_dir: str | None, device: str
+                       ) -> dict[Setting, dict[str, Any]]:
+    """``run`` evaluated at the compared settings (:data:`WORTH_SETTINGS`) through the app's pipeline, as the
+    app serves it (``*-served-canonical.json``): what a checkpoint trained on another pipeline must beat to
+    replace it. Nothing for a run trained on the app's pipeline, whose own evaluations are those."""
+    if trained_pipeline(run.metadata) == SERVED_PIPELINE:
+        return {}
+    return {setting: evaluate_checkpoint(models, run, setting, tasks, data_dir, device, served=SERVED_PIPELINE)
+            for setting in WORTH_SETTINGS}
+
+
+def with_recovered_checkpoint(run: Run, models: Path, folder: Path) -> Run | None:
+    """A retired ``run`` with its weights recovered from git's history into ``folder`` (and its summary's metadata
+    beside them), or None when this clone's history does not hold them."""
+    path = f"{run.algorithm}/model.safetensors"
+    commit = recover_checkpoint(models, path, run.summary["checkpoint_sha256"], folder / "model.safetensors")
+    if commit is None:
+        return None
+    (folder / "model.json").write_text(json.dumps(run.metadata, indent=2) + "\n", encoding="utf-8")
+    return dataclasses.replace(run, checkpoint=folder / "model",
+                               source=f"{commit[:12]}:{shown_path(models / run.algorithm / 'model')}")
 
 
 def retire(models: Path, algorithm: str, replaced_by: str) -> Path | None:
@@ -929,7 +987,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="training folders (engine.train --out): candidates, and the runs shipped ones came from")
     parser.add_argument("--algorithms", nargs="*", default=None,
                         help="evaluate these runs (default: every shipped checkpoint and every candidate in --runs); "
-                             "the others keep their stored, still valid evaluations")
+                             "the others keep their stored, still valid evaluations. A retired checkpoint named here "
+                             "(ALGORITHM-retired-SHA8) is recovered from git's history and evaluated as the app "
+                             "served it")
     parser.add_argument("--tasks", type=int, default=600)
     parser.add_argument("--table-only", action="store_true", help="use stored, still valid evaluations only; run none")
     parser.add_argument("--publish", type=Path, metavar="RUN", default=None,
@@ -940,14 +1000,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     models: Path = args.models
     if args.publish is not None:
         try:
-            target = publish(args.publish, models)
+            target = publish(args.publish, models, args.tasks, args.data_dir, args.device)
         except (OSError, ValueError) as error:
             print(f"error: cannot publish {args.publish}: {error}", file=sys.stderr)
             return 2
         print(f"published {args.publish} as {target}; `python -m engine.results` evaluates it")
         return 0
+    with contextlib.ExitStack() as stack:
+        write_results(args, stack)
+    print(f"wrote {models / 'RESULTS.md'}")
+    return 0
+
+
+def write_results(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+    """Evaluate what ``args`` asks for and write RESULTS.md (``stack`` holds recovered checkpoints' folders)."""
+    models: Path = args.models
     shipped = shipped_runs(models, args.runs)
     candidates = candidate_runs(models, args.runs)
+    for index, run in enumerate(candidates):
+        if is_retired(run) and run.checkpoint is None and run.name in (args.algorithms or ()) and not args.table_only:
+            recovered = with_recovered_checkpoint(run, models, Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            if recovered is None:
+                print(f"{run.name}: its weights are not in this clone's git history", file=sys.stderr)
+            else:
+                candidates[index] = recovered
     here = [run.name for run in [*shipped, *candidates] if run.checkpoint is not None]
     requested = [] if args.table_only else (args.algorithms or here)
     for name in sorted(set(requested) - set(here)):
@@ -993,11 +1069,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  for setting in WORTH_SETTINGS}
         else:
             served[base.name] = current_evaluations(models, base, served=SERVED_PIPELINE)
+    for run in retired:  # each checkpoint shipped before, as the app served it
+        if run.name in requested and run.checkpoint is not None:
+            served[run.name] = evaluate_as_served(models, run, args.tasks, args.data_dir, args.device)
+        elif run.name not in served and trained_pipeline(run.metadata) != SERVED_PIPELINE:
+            served[run.name] = current_evaluations(models, run, served=SERVED_PIPELINE)
     models.mkdir(parents=True, exist_ok=True)
     (models / "RESULTS.md").write_text(render_table(models, shipped, evaluations, args.tasks, transductive,
                                                     sections, served), encoding="utf-8")
-    print(f"wrote {models / 'RESULTS.md'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -478,25 +479,51 @@ def test_a_pipeline_candidate_is_also_set_against_the_shipped_run_as_the_app_ser
     assert render(models, runs) == table and not calls
 
 
-def test_publishing_a_new_run_keeps_the_replaced_checkpoint_and_what_was_compared_with_it(tmp_path: Path) -> None:
-    """Shipping a run that changes the pipeline and the split retires the shipped checkpoint: its evaluations
-    move to a retired run of their own, listed with what replacing it changed, and a candidate trained
-    against the retired configuration is still compared with the retired checkpoint, not the new one."""
+def served_evaluator(calls: list[list[str]], accuracy: float) -> Callable[[list[str]], int]:
+    """A stand-in for ``engine.evaluate.main`` that records its argv and stores ``accuracy`` for the setting
+    and pipeline it was asked for, with the SHA-256 of the checkpoint file it was given."""
+    def fake_evaluate(argv: list[str]) -> int:
+        calls.append(argv)
+        weights = Path(argv[argv.index("--checkpoint") + 1] + ".safetensors")
+        Path(argv[argv.index("--json") + 1]).write_text(json.dumps(
+            {"algorithm": "protonet", "ways": int(argv[argv.index("--ways") + 1]), "shots": 1, "tasks": 7,
+             "accuracy": accuracy, "ci95": 0.01, "inner_steps": 0, "optimizer": None, "transductive": False,
+             "within_alphabet": "--within-alphabet" in argv, "pipeline": argv[argv.index("--pipeline") + 1],
+             "weights_sha256": file_digest(weights, "sha256")}))
+        return 0
+    return fake_evaluate
+
+
+def test_publishing_a_new_run_keeps_the_replaced_checkpoint_and_what_was_compared_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shipping a run that changes the pipeline and the split retires the shipped checkpoint: first evaluated
+    through the canonical pipeline, as the app served it, its evaluations move to a retired run of their own,
+    listed with what replacing it changed (as evaluated and as served), and a candidate trained against the
+    retired configuration is still compared with the retired checkpoint, not the new one."""
     models, runs = tmp_path / "models", tmp_path / "runs"
+    calls: list[list[str]] = []
+    monkeypatch.setattr(results.evaluate, "main", served_evaluator(calls, 0.92))
     old = fake_run(runs / "protonet", "protonet", 10, 40)
-    assert results.main(["--models", str(models), "--publish", str(old)]) == 0
+    assert results.main(["--models", str(models), "--publish", str(old), "--tasks", "7"]) == 0
+    assert not calls  # nothing replaced, nothing to evaluate
     old_sha = file_digest(models / "protonet" / "model.safetensors", "sha256")
     store_evaluation(models, "protonet", models / "protonet", 20, 0.90)
     candidate = fake_run(runs / "protonet-canonical", "protonet", 10, 40, pipeline="canonical", augment=1.0)
     store_evaluation(models, "protonet-canonical", candidate, 20, 0.93, pipeline="canonical")
     new = fake_run(runs / "protonet-canonical-background", "protonet", 10, 40, pipeline="canonical", augment=1.0,
                    split_scheme="background")
-    assert results.main(["--models", str(models), "--publish", str(new)]) == 0
+    assert results.main(["--models", str(models), "--publish", str(new), "--tasks", "7"]) == 0
+    # The outgoing checkpoint, through the app's pipeline, at each compared setting, before it left models/.
+    assert len(calls) == len(results.WORTH_SETTINGS)
+    assert all(argv[argv.index("--pipeline") + 1] == "canonical" for argv in calls)
     retired = models / "eval" / f"protonet-retired-{old_sha[:8]}"
     summary = json.loads((retired / "run.json").read_text())
     assert summary["checkpoint_sha256"] == old_sha
     assert summary["retired"]["replaced_by_sha256"] == file_digest(new / "model.safetensors", "sha256")
     assert (retired / "20w1s.json").exists() and not (models / "eval" / "protonet" / "20w1s.json").exists()
+    served = json.loads((retired / "20w1s-served-canonical.json").read_text())
+    assert served["weights_sha256"] == served["checkpoint_sha256"] == old_sha  # the old weights, not the new
+    assert not list((models / "eval" / "protonet").glob("*-served-*.json"))
     store_evaluation(models, "protonet", models / "protonet", 20, 0.95, pipeline="canonical")
     # The folder it was published from holds the shipped checkpoint: not a candidate of its own.
     assert [run.name for run in results.candidate_runs(models, runs)] == [
@@ -515,5 +542,56 @@ def test_publishing_a_new_run_keeps_the_replaced_checkpoint_and_what_was_compare
     assert f"| protonet-retired-{old_sha[:8]} | — | -5.00 | — | " in section  # 90 against the 95 shipped now
     pipeline = table.split("## One image pipeline and augmentation")[1].split("## Checkpoints shipped before")[0]
     assert f"| protonet-canonical (against protonet-retired-{old_sha[:8]}) | — | +3.00 | — | " in pipeline
+    # As the app served it: 92 through the canonical pipeline, 3 points under the 95 shipped now.
+    assert (f"| **protonet-retired-{old_sha[:8]}** (protonet, shipped before, ours) through the canonical pipeline, "
+            "as the app served it | 92.00 ± 1.00 | not evaluated | 92.00 ± 1.00 |") in section
+    as_served = section.split("as the app served it, support-set batch norm)")[1]
+    assert f"| protonet-retired-{old_sha[:8]} | — | -3.00 | — | " in as_served  # only 20w1s is shipped now
     # Publishing the same checkpoint again retires nothing.
     assert results.retire(models, "protonet", file_digest(models / "protonet" / "model.safetensors", "sha256")) is None
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                   capture_output=True)
+
+
+def test_a_retired_checkpoint_is_recovered_from_git_and_evaluated_as_the_app_served_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint retired before its as-served figures existed: naming its retired run finds its weights
+    in git's history (by SHA-256, past later versions), evaluates them through the canonical pipeline and shows
+    the row; a SHA no commit holds is reported, and nothing is evaluated without asking."""
+    repo = tmp_path / "repo"
+    models, runs = repo / "models", repo / "runs"
+    git(repo.parent, "init", "-q", str(repo))
+    old = fake_run(tmp_path / "old", "protonet", 10, 40)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(results.evaluate, "main", served_evaluator(calls, 0.91))
+    assert results.main(["--models", str(models), "--publish", str(old)]) == 0
+    git(repo, "add", "models")
+    git(repo, "commit", "-qm", "ship the old one")
+    old_sha = file_digest(models / "protonet" / "model.safetensors", "sha256")
+    # Retired without its as-served figures (as before publish made them): a later version replaces it.
+    results.retire(models, "protonet", "new")
+    (models / "protonet" / "model.safetensors").write_bytes(b"protonet newer weights")
+    git(repo, "commit", "-qam", "ship the new one")
+    name = f"protonet-retired-{old_sha[:8]}"
+    assert "as the app served it" not in render(models, runs) and not calls
+    assert results.main(["--models", str(models), "--runs", str(runs), "--tasks", "7", "--algorithms", name]) == 0
+    # Its own settings again (the pipeline it was trained on), and the compared ones as the app served it.
+    pipelines = [argv[argv.index("--pipeline") + 1] for argv in calls]
+    assert pipelines.count("canonical") == len(results.WORTH_SETTINGS)
+    assert pipelines.count("raw") == len(results.SETTINGS)
+    served = json.loads(results.evaluation_path(models, name, results.Setting(5, 1), served="canonical").read_text())
+    assert served["weights_sha256"] == old_sha and served["pipeline"] == "canonical"
+    assert re.fullmatch(r"[0-9a-f]{12}:.*models/protonet/model", served["checkpoint"])  # COMMIT:path, not a temp file
+    assert f"| **{name}** (protonet, shipped before, ours) through the canonical pipeline" in (models / "RESULTS.md").read_text()
+
+    (models / "eval" / name / "run.json").write_text(json.dumps(
+        {**json.loads((models / "eval" / name / "run.json").read_text()), "checkpoint_sha256": "0" * 64}))
+    for path in (models / "eval" / name).glob("*-served-*.json"):
+        path.unlink()
+    calls.clear()
+    capsys.readouterr()
+    assert results.main(["--models", str(models), "--runs", str(runs), "--tasks", "7", "--algorithms", name]) == 0
+    assert not calls and f"{name}: its weights are not in this clone's git history" in capsys.readouterr().err
