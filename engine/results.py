@@ -173,15 +173,15 @@ ALL_BACKGROUND = CandidateSection(
 OTHER_SETTINGS = CandidateSection(
     "the candidate", "Candidate settings", (
         "Runs that change one setting of a shipped configuration, on the split it trained on (the inner steps,",
-        "the ways or shots of the training episodes, how many of them draw every class from one alphabet, or the",
-        "number of meta-steps), each a candidate to replace its",
+        "the ways or shots of the training episodes, how many of them draw every class from one alphabet, the",
+        "number of meta-steps, or the backbone's width), each a candidate to replace its",
         "shipped checkpoint if it evaluates better; each row says what its configuration changes (shipped →",
         "candidate, from the checkpoints' metadata; models/train.sh has the commands). Cells as above, on",
         "the same unseen evaluation alphabets; a run listed here is not shipped (the app's checkpoints are",
         "the ones above)."),
     "What the change is worth",
     settings=("config.inner_steps", "train.ways", "config.min_train_ways", "train.shots", "train.within_alphabet",
-              "train.meta_steps"))
+              "train.meta_steps", "backbone.channels"))
 PIPELINE_AND_AUGMENTATION = CandidateSection(
     "the candidate", "One image pipeline and augmentation", (
         "Runs trained on the canonical image pipeline (every drawing through the app's own preprocessing,",
@@ -300,12 +300,14 @@ def candidate_runs(models: Path, runs: Path) -> list[Run]:
 
 
 def configuration(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """A checkpoint's settings as flat keys ("config.inner_steps", "train.split_scheme"), with the defaults
-    of what its metadata leaves out, so that runs recorded by older code compare with newer ones."""
-    config = dataclasses.asdict(build_learner(metadata).config)
+    """A checkpoint's settings as flat keys ("config.inner_steps", "train.split_scheme", "backbone.channels"),
+    with the defaults of what its metadata leaves out, so that runs recorded by older code compare with newer
+    ones."""
+    learner = build_learner(metadata)
     train = {**dataclasses.asdict(TrainConfig()), **LEGACY_TRAIN_SETTINGS, **(metadata.get("train") or {})}
-    return {**{f"config.{key}": value for key, value in config.items()},
-            **{f"train.{key}": value for key, value in train.items()}}
+    return {**{f"config.{key}": value for key, value in dataclasses.asdict(learner.config).items()},
+            **{f"train.{key}": value for key, value in train.items()},
+            **{f"backbone.{key}": value for key, value in dataclasses.asdict(learner.backbone).items()}}
 
 
 def changes(metadata: Mapping[str, Any], shipped: Mapping[str, Any] | None) -> dict[str, tuple[Any, Any]]:

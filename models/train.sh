@@ -40,6 +40,10 @@ if [ "${config%-canonical}" != "$config" ]; then config=${config%-canonical}; ca
 # the within-alphabet benchmark), e.g. metasgd-within-canonical-background against the shipped metasgd.
 within=()
 if [ "${config%-within}" != "$config" ]; then config=${config%-within}; within=(--within-alphabet 0.5); fi
+# ALGORITHM-wide...: the backbone at 128 filters a layer instead of 64 (about 4x the convolutions' work), the
+# wider-backbone lever, e.g. pretrain-wide-canonical-background against the shipped pretrain.
+wide=()
+if [ "${config%-wide}" != "$config" ]; then config=${config%-wide}; wide=(--channels 128); fi
 algorithm=$config
 python=${PYTHON:-.venv/bin/python}
 # Validation: 200 fixed 5-way 1-shot tasks from the validation split (model selection only).
@@ -94,5 +98,5 @@ esac
 out=${RUNS:-runs}/$run
 resume=()
 [ -f "$out/resume.safetensors" ] && resume=(--resume)  # the one file a run in progress commits
-exec "$python" -m engine.train --algorithm "$algorithm" --out "$out" "${args[@]}" "${split[@]}" "${canonical[@]}" "${within[@]}" "${resume[@]}" \
+exec "$python" -m engine.train --algorithm "$algorithm" --out "$out" "${args[@]}" "${split[@]}" "${canonical[@]}" "${within[@]}" "${wide[@]}" "${resume[@]}" \
   --no-progress ${EXTRA:-}

@@ -113,6 +113,18 @@ def test_the_floor_benchmark_splits_convolution_time_from_the_rest(capsys: pytes
     assert wall > 0 and conv_ms > 0 and other_ms > 0
 
 
+def test_the_preprocessing_benchmark_times_every_kind_of_input(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each input the app receives goes through preprocessing (a photo's ink is found, the oversized header
+    is refused) and gets its row, timed against its budget."""
+    from benchmarks.bench_preprocess import CASES, main
+
+    assert main(["--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if any(line.startswith(case.name) for case in CASES)]
+    assert len(rows) == len(CASES) and all(row.split()[-1] in ("yes", "NO") for row in rows)
+    assert f"of {len(CASES)} inputs within budget" in out
+
+
 def test_flop_counts_are_the_convolutions_and_products_arithmetic() -> None:
     from benchmarks.bench import adapt_and_predict, adaptation_task, build_learner
     from benchmarks.flops import count_flops, peak_fraction

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -348,11 +347,10 @@ def test_unreadable_other_inputs() -> None:
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # 89-179 MP: Pillow warns
 @pytest.mark.parametrize(("width", "height"), [(20000, 20000), (10000, 10000), (8000, 7000)])
 def test_too_large_png_rejected_before_decoding(width: int, height: int) -> None:
-    data = png_header_only(width, height)
-    start = time.perf_counter()
+    # The header holds no pixel data to decode: "too large" (not "unreadable") means the header refused it.
+    # How fast the refusal is: benchmarks/bench_preprocess.py.
     with pytest.raises(ImageTooLargeError, match="too large"):
-        preprocess_image(data)
-    assert time.perf_counter() - start < 1.0
+        preprocess_image(png_header_only(width, height))
 
 
 def test_too_large_array_and_rgb_header() -> None:
@@ -375,7 +373,7 @@ def test_error_hierarchy_and_messages() -> None:
         assert 10 < len(msg) < 120 and "\n" not in msg and "Traceback" not in msg
 
 
-# --------------------------------------------------------------------------- batch & speed
+# --------------------------------------------------------------------------- batch (speed: benchmarks/bench_preprocess.py)
 
 
 def test_preprocess_many() -> None:
@@ -383,16 +381,3 @@ def test_preprocess_many() -> None:
     assert batch.shape == (3, 28, 28) and batch.dtype == np.float32
     np.testing.assert_allclose(batch[0], preprocess_image(draw_glyph("A")))
     assert preprocess_many([]).shape == (0, 28, 28)
-
-
-def test_speed() -> None:
-    def best_of(n: int, image: object) -> float:  # best of n: robust to a busy CPU
-        times = []
-        for _ in range(n):
-            start = time.perf_counter()
-            preprocess_image(image)  # type: ignore[arg-type]
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    assert best_of(5, draw_glyph()) < 0.1  # ~10-25 ms on a laptop core
-    assert best_of(2, photo_bytes()) < 1.0  # ~0.15 s

@@ -332,7 +332,7 @@ def test_runs_on_all_background_alphabets_are_compared_with_the_shipped_run(tmp_
 
 def test_runs_that_change_one_setting_are_compared_with_the_shipped_run(tmp_path: Path) -> None:
     """Candidates that change one setting (2 inner steps; 5- to 20-way episodes: several settings, one
-    section) are listed apart from the shipped rows, each against the shipped run of its algorithm."""
+    section; look-alike episodes; a wider backbone) are listed apart from the shipped rows, each against the shipped run of its algorithm."""
     models, runs = tmp_path / "models", tmp_path / "runs"
     two_steps = fake_run(runs / "mc2-2steps", "mc2", 10, 40)
     metadata = json.loads((two_steps / "model.json").read_text())
@@ -361,6 +361,15 @@ def test_runs_that_change_one_setting_are_compared_with_the_shipped_run(tmp_path
     section = render(models, runs).split("## Candidate settings")[1]
     assert "| **mc2-within** (mc2, ours; within_alphabet 0.0 → 0.5) | 96.50 ± 0.30 |" in section
     assert "| mc2-within | +0.50 |" in section
+
+    # A wider backbone: the checkpoint's backbone metadata, not its training settings.
+    wide = fake_run(runs / "mc2-wide", "mc2", 10, 40, split_scheme="background")
+    (wide / "model.json").write_text(json.dumps({**json.loads((wide / "model.json").read_text()),
+                                                 "backbone": {"channels": 128}}))
+    store_evaluation(models, "mc2-wide", wide, 5, 0.94)
+    section = render(models, runs).split("## Candidate settings")[1]
+    assert "| **mc2-wide** (mc2, ours; channels 64 → 128) | 94.00 ± 0.30 |" in section
+    assert "| mc2-wide | -2.00 |" in section
 
 
 def test_a_learner_without_paper_figures_still_gets_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -403,6 +412,10 @@ def test_train_sh_trains_into_runs_and_resumes_there(tmp_path: Path) -> None:
     assert "--algorithm protonet --out runs/protonet-within-canonical-background " in within
     assert "--split-scheme background" in within and "--within-alphabet 0.5" in within
     assert within.split("--meta-steps ")[-1].startswith("10000 ")
+    # ALGORITHM-wide...: the same at 128 filters a layer.
+    wide = command("pretrain-wide-canonical-background")
+    assert "--algorithm pretrain --out runs/pretrain-wide-canonical-background " in wide
+    assert "--channels 128" in wide and "--split-scheme background" in wide and "--channels" not in final
 
 
 def test_a_run_on_the_canonical_pipeline_is_evaluated_on_it_and_compared_in_its_section(
