@@ -174,14 +174,15 @@ OTHER_SETTINGS = CandidateSection(
     "the candidate", "Candidate settings", (
         "Runs that change one setting of a shipped configuration, on the split it trained on (the inner steps,",
         "the ways or shots of the training episodes, how many of them draw every class from one alphabet, the",
-        "number of meta-steps, or the backbone's width), each a candidate to replace its",
+        "number of meta-steps, the meta learning-rate schedule, or the backbone's width), each a candidate to",
+        "replace its",
         "shipped checkpoint if it evaluates better; each row says what its configuration changes (shipped →",
         "candidate, from the checkpoints' metadata; models/train.sh has the commands). Cells as above, on",
         "the same unseen evaluation alphabets; a run listed here is not shipped (the app's checkpoints are",
         "the ones above)."),
     "What the change is worth",
     settings=("config.inner_steps", "train.ways", "config.min_train_ways", "train.shots", "train.within_alphabet",
-              "train.meta_steps", "backbone.channels"))
+              "train.meta_steps", "config.meta_lr_schedule", "config.meta_lr_warmup", "backbone.channels"))
 PIPELINE_AND_AUGMENTATION = CandidateSection(
     "the candidate", "One image pipeline and augmentation", (
         "Runs trained on the canonical image pipeline (every drawing through the app's own preprocessing,",

@@ -44,6 +44,7 @@ from engine.learners import LEARNERS, Learner, get_learner_class
 from engine.nets import BackboneConfig
 from engine.paths import resolve_data_dir
 from engine.provenance import dataset_fingerprint, git_commit
+from engine.schedules import meta_lr_factor
 
 
 VALIDATION_SEED = 2017  # the same validation tasks for every run, so curves are comparable
@@ -147,10 +148,11 @@ class Trainer:
         self.provenance = provenance
         self.progress = progress and self.ranks.is_main
         self.optimizer = learner.meta_optimizer()
-        final = learner.config.meta_lr_final
-        ratio = 1.0 if final is None else final / learner.config.meta_lr
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: 1.0 + (ratio - 1.0) * min(step / max(config.meta_steps, 1), 1.0))
+        rates = learner.config
+        ratio = 1.0 if rates.meta_lr_final is None else rates.meta_lr_final / rates.meta_lr
+        meta_lr_factor(0, config.meta_steps, ratio, rates.meta_lr_schedule, rates.meta_lr_warmup)  # refuses a bad one
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: meta_lr_factor(
+            step, config.meta_steps, ratio, rates.meta_lr_schedule, rates.meta_lr_warmup))
         self.step = 0
         self.model_val = -1.0  # validation accuracy of the checkpoint in model.*
         self.train_seconds = 0.0

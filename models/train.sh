@@ -44,6 +44,10 @@ if [ "${config%-within}" != "$config" ]; then config=${config%-within}; within=(
 # wider-backbone lever, e.g. pretrain-wide-canonical-background against the shipped pretrain.
 wide=()
 if [ "${config%-wide}" != "$config" ]; then config=${config%-wide}; wide=(--channels 128); fi
+# ALGORITHM-cosine...: the meta learning rate along half a cosine after 500 steps of warm-up, instead of the
+# straight line from the start (the same end points), e.g. pretrain-cosine-canonical-background.
+schedule=()
+if [ "${config%-cosine}" != "$config" ]; then config=${config%-cosine}; schedule=(--meta-lr-schedule cosine --meta-lr-warmup 500); fi
 algorithm=$config
 python=${PYTHON:-.venv/bin/python}
 # Validation: 200 fixed 5-way 1-shot tasks from the validation split (model selection only).
@@ -98,5 +102,5 @@ esac
 out=${RUNS:-runs}/$run
 resume=()
 [ -f "$out/resume.safetensors" ] && resume=(--resume)  # the one file a run in progress commits
-exec "$python" -m engine.train --algorithm "$algorithm" --out "$out" "${args[@]}" "${split[@]}" "${canonical[@]}" "${within[@]}" "${wide[@]}" "${resume[@]}" \
+exec "$python" -m engine.train --algorithm "$algorithm" --out "$out" "${args[@]}" "${split[@]}" "${canonical[@]}" "${within[@]}" "${wide[@]}" "${schedule[@]}" "${resume[@]}" \
   --no-progress ${EXTRA:-}

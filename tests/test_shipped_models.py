@@ -370,6 +370,12 @@ def test_runs_that_change_one_setting_are_compared_with_the_shipped_run(tmp_path
     section = render(models, runs).split("## Candidate settings")[1]
     assert "| **mc2-wide** (mc2, ours; channels 64 → 128) | 94.00 ± 0.30 |" in section
     assert "| mc2-wide | -2.00 |" in section
+    cosine = fake_run(runs / "mc2-cosine", "mc2", 10, 40, split_scheme="background")
+    (cosine / "model.json").write_text(json.dumps({**json.loads((cosine / "model.json").read_text()),
+                                                   "config": {"meta_lr_schedule": "cosine", "meta_lr_warmup": 5}}))
+    store_evaluation(models, "mc2-cosine", cosine, 5, 0.97)
+    section = render(models, runs).split("## Candidate settings")[1]
+    assert "| **mc2-cosine** (mc2, ours; meta_lr_schedule linear → cosine, meta_lr_warmup 0 → 5) | 97.00" in section
 
 
 def test_a_learner_without_paper_figures_still_gets_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -416,6 +422,10 @@ def test_train_sh_trains_into_runs_and_resumes_there(tmp_path: Path) -> None:
     wide = command("pretrain-wide-canonical-background")
     assert "--algorithm pretrain --out runs/pretrain-wide-canonical-background " in wide
     assert "--channels 128" in wide and "--split-scheme background" in wide and "--channels" not in final
+    # ALGORITHM-cosine...: the same along a cosine after a warm-up.
+    cosine = command("pretrain-cosine-canonical-background")
+    assert "--algorithm pretrain --out runs/pretrain-cosine-canonical-background " in cosine
+    assert "--meta-lr-schedule cosine --meta-lr-warmup 500" in cosine and "--meta-lr-schedule" not in wide
 
 
 def test_a_run_on_the_canonical_pipeline_is_evaluated_on_it_and_compared_in_its_section(

@@ -44,8 +44,12 @@ class LearnerConfig:
     """
 
     meta_lr: float = 1e-3
-    # Linear annealing of the meta learning rate to this value over training (None: constant).
+    # Annealing of the meta learning rate to this value over training (None: constant), along
+    # ``meta_lr_schedule`` (engine.schedules: "linear" or "cosine"), after ``meta_lr_warmup`` steps
+    # of linear warm-up from near zero.
     meta_lr_final: float | None = None
+    meta_lr_schedule: str = "linear"
+    meta_lr_warmup: int = 0
     meta_optimizer: str = "adam"
 
 
