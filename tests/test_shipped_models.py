@@ -574,6 +574,24 @@ def test_publishing_a_new_run_keeps_the_replaced_checkpoint_and_what_was_compare
     assert results.retire(models, "protonet", file_digest(models / "protonet" / "model.safetensors", "sha256")) is None
 
 
+def test_publishing_goes_on_when_the_replaced_checkpoint_cannot_be_evaluated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An evaluation that fails (no dataset here, say) costs the as-served figures, not the publication: the
+    warning names the command that makes them later from git's history."""
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    monkeypatch.setattr(results.evaluate, "main", lambda argv: 1)
+    assert results.main(["--models", str(models), "--publish", str(fake_run(runs / "protonet", "protonet", 10, 40))]) == 0
+    old_sha = file_digest(models / "protonet" / "model.safetensors", "sha256")
+    new = fake_run(runs / "protonet-canonical-background", "protonet", 10, 40, pipeline="canonical",
+                   split_scheme="background")
+    assert results.main(["--models", str(models), "--publish", str(new)]) == 0
+    assert file_digest(models / "protonet" / "model.safetensors", "sha256") == file_digest(new / "model.safetensors",
+                                                                                           "sha256")
+    retired = models / "eval" / f"protonet-retired-{old_sha[:8]}"
+    assert (retired / "run.json").exists() and not list(retired.glob("*-served-*.json"))
+    assert f"--algorithms protonet-retired-{old_sha[:8]}` does it from git's history" in capsys.readouterr().err
+
+
 def git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
                    capture_output=True)
