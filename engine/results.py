@@ -678,6 +678,14 @@ def split_cost_rows(section: CandidateSection, candidates: Sequence[Candidate],
             + f" | targets on {section.name} | targets on ours |", "|" + "---|" * (len(names) + 3), *lines]
 
 
+def set_against_served(section: CandidateSection, run: Run) -> bool:
+    """Whether a candidate of ``section`` is also compared with the run it is set against as the app serves that
+    one (through the canonical pipeline): every run of the pipeline section, and a run trained on the app's
+    pipeline in any other (e.g. on all background alphabets), where the run against it trained on another."""
+    return not section.retired and (section is PIPELINE_AND_AUGMENTATION
+                                    or trained_pipeline(run.metadata) == SERVED_PIPELINE)
+
+
 def candidate_section(models: Path, section: CandidateSection, candidates: Sequence[Candidate],
                       ours: dict[str, dict[Setting, dict[str, Any]]],
                       served: Mapping[str, tuple[str, dict[str, Any], dict[Setting, dict[str, Any]]]] | None = None
@@ -708,7 +716,7 @@ def candidate_section(models: Path, section: CandidateSection, candidates: Seque
             pipeline, status, results = served[run.name]
             lines += our_rows(run.name, f"({run.algorithm}, shipped before, ours) through the {pipeline} pipeline, "
                               "as the app served it", run.algorithm, status, results)
-        elif not section.retired and against in served:
+        elif against in served and set_against_served(section, run):
             pipeline, status, results = served[against]
             what = "shipped" if against == run.algorithm else "shipped before"
             lines += our_rows(against, f"({what}, ours) through the {pipeline} pipeline, as the app serves it",
@@ -723,7 +731,9 @@ def candidate_section(models: Path, section: CandidateSection, candidates: Seque
                                  f"; the checkpoint shipped before through the {listing(served_pipelines)} pipeline, "
                                  "as the app served it")
     elif served_pipelines:
-        lines += split_cost_rows(section, candidates, {name: results for name, (_, _, results) in served.items()},
+        lines += split_cost_rows(section, [candidate for candidate in candidates
+                                           if set_against_served(section, candidate.run)],
+                                 {name: results for name, (_, _, results) in served.items()},
                                  f" through the {listing(served_pipelines)} pipeline, as the app serves it")
     lines.append("")
     lines.append("Training: `bash models/train.sh RUN` (into runs/RUN); the configuration, validation accuracy, "
@@ -823,9 +833,8 @@ def render_table(models: Path, shipped: Sequence[Run], evaluations: dict[str, di
     references = {**by_name, **{candidate.run.name: candidate.run for candidate in retired}}
     compared = {**evaluations, **{candidate.run.name: candidate.results for candidate in retired}}
     for section, section_candidates in (candidates or {}).items():
-        shown = ({name: (SERVED_PIPELINE, training_status(references[name]), results)
-                  for name, results in (served or {}).items() if results and name in references}
-                 if section in (PIPELINE_AND_AUGMENTATION, SHIPPED_BEFORE) else None)
+        shown = {name: (SERVED_PIPELINE, training_status(references[name]), results)
+                 for name, results in (served or {}).items() if results and name in references}
         # A checkpoint shipped before is set against the one shipped now (what replacing it changed).
         ours = evaluations if section.retired else compared
         lines += candidate_section(models, section, section_candidates, ours, shown)
@@ -1062,16 +1071,18 @@ def write_results(args: argparse.Namespace, stack: contextlib.ExitStack) -> None
         sections[section].append(Candidate(run, changed, results_of(run),
                                            results_of(run, True) if transductive_row(run.algorithm) else {}, against))
     served: dict[str, dict[Setting, dict[str, Any]]] = {}
-    for candidate in sections[PIPELINE_AND_AUGMENTATION]:
-        base = by_name.get(candidate.against)
-        if base is None or base.name in served or trained_pipeline(base.metadata) == SERVED_PIPELINE:
-            continue
-        if candidate.run.name in requested and base.checkpoint is not None:
-            served[base.name] = {setting: evaluate_checkpoint(models, base, setting, args.tasks, args.data_dir,
-                                                              args.device, served=SERVED_PIPELINE)
-                                 for setting in WORTH_SETTINGS}
-        else:
-            served[base.name] = current_evaluations(models, base, served=SERVED_PIPELINE)
+    for section, listed in sections.items():  # what each candidate must beat: its base as the app serves it
+        for candidate in listed:
+            base = by_name.get(candidate.against)
+            if (not set_against_served(section, candidate.run) or base is None or base.name in served
+                    or trained_pipeline(base.metadata) == SERVED_PIPELINE):
+                continue
+            if candidate.run.name in requested and base.checkpoint is not None:
+                served[base.name] = {setting: evaluate_checkpoint(models, base, setting, args.tasks, args.data_dir,
+                                                                  args.device, served=SERVED_PIPELINE)
+                                     for setting in WORTH_SETTINGS}
+            else:
+                served[base.name] = current_evaluations(models, base, served=SERVED_PIPELINE)
     for run in retired:  # each checkpoint shipped before, as the app served it
         if run.name in requested and run.checkpoint is not None:
             served[run.name] = evaluate_as_served(models, run, args.tasks, args.data_dir, args.device)

@@ -502,6 +502,34 @@ def test_a_pipeline_candidate_is_also_set_against_the_shipped_run_as_the_app_ser
     assert render(models, runs) == table and not calls
 
 
+def test_a_canonical_run_on_all_background_alphabets_is_set_against_the_shipped_run_as_served(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A canonical-pipeline run that also changes the split (the run that would replace a raw checkpoint) is
+    listed in its split's section, and there too set against the shipped run as the app serves it; a raw run on
+    the same split is not (both trained on the same pipeline)."""
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    fake_run(runs / "protonet-canonical-background", "protonet", 10, 40, pipeline="canonical", augment=1.0,
+             split_scheme="background")
+    raw = fake_run(runs / "protonet-background", "protonet", 10, 40, split_scheme="background")
+    store_evaluation(models, "protonet-background", raw, 20, 0.91)
+    store_evaluation(models, "protonet", fake_run(models / "protonet", "protonet", 10, 40), 20, 0.90)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(results.evaluate, "main", served_evaluator(calls, 0.93))
+    assert results.main(["--models", str(models), "--runs", str(runs), "--tasks", "7",
+                         "--algorithms", "protonet-canonical-background"]) == 0
+    served = [argv for argv in calls if "runs" not in argv[argv.index("--checkpoint") + 1]]
+    assert len(served) == len(results.WORTH_SETTINGS)
+    section = (models / "RESULTS.md").read_text().split("## On all 30 background alphabets")[1].split("\n## ")[0]
+    rows = section.split("\n")
+    shown = rows.index("| **protonet** (shipped, ours) through the canonical pipeline, as the app serves it | 93.00 ± 1.00 "
+                       "| not evaluated | 93.00 ± 1.00 | not evaluated | 93.00 ± 1.00 | 0 | 10 / 40 |")
+    assert rows[shown - 1].startswith("| **protonet-canonical-background** (protonet, ours) ")
+    assert sum("as the app serves it |" in row for row in rows) == 1  # not under the raw run
+    as_served = section.split("through the canonical pipeline, as the app serves it, support-set batch norm)")[1]
+    assert "| protonet-canonical-background | +0.00 | +0.00 | +0.00 | " in as_served
+    assert "| protonet-background |" not in as_served
+
+
 def served_evaluator(calls: list[list[str]], accuracy: float) -> Callable[[list[str]], int]:
     """A stand-in for ``engine.evaluate.main`` that records its argv and stores ``accuracy`` for the setting
     and pipeline it was asked for, with the SHA-256 of the checkpoint file it was given."""
