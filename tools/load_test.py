@@ -1,7 +1,8 @@
 """Many people at once: ``python -m tools.load_test [--sessions 8] [--rounds 3]``.
 
 One ``streamlit run`` on 127.0.0.1 and one headless Chromium with ``--sessions`` isolated browser
-contexts (each its own Streamlit session). Every session draws a 5-way 1-shot task and a query, then,
+contexts (each its own Streamlit session). Every session draws a 5-way 1-shot task and a query (in a hand of
+its own: no two sessions draw the same pixels, so none gets another's adaptations from the cache), then,
 all at the same time, ``--rounds`` times: deletes a support example, draws a new one and presses Add;
 the time from that click to the results caption of the new comparison is one sample. Bounded: the
 whole run stops after ``--limit`` seconds. Prints p50/p95/max over every sample and saves JSON
@@ -31,9 +32,17 @@ IDLE_JS = ("() => document.querySelector('[data-testid=stApp]')?.getAttribute('d
            " === 'notRunning'")
 CAPTION_JS = ("() => [...document.querySelectorAll('[data-testid=stCaptionContainer]')].map(e => e.innerText)"
               ".find(t => t.includes('support example')) || ''")
-UPDATED_JS = ("before => { const t = [...document.querySelectorAll('[data-testid=stCaptionContainer]')]"
+STALE_NOTE = "changed since these results"
+STALE_JS = f"() => document.body.textContent.includes('{STALE_NOTE}')"
+# The new comparison is on screen: a new caption and no note that the results are stale. Its caption can read
+# as the one before (the same counts and, when every adaptation comes from the cache the sessions share,
+# the same milliseconds): then the stale note shown before the click is gone and the script has finished.
+UPDATED_JS = ("([before, staleBefore]) => { const t = [...document.querySelectorAll('[data-testid=stCaptionContainer]')]"
               ".map(e => e.innerText).find(t => t.includes('support example')) || '';"
-              " return t && t !== before && !document.body.textContent.includes('changed since these results'); }")
+              f" const stale = document.body.textContent.includes('{STALE_NOTE}');"
+              " const idle = document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state')"
+              " === 'notRunning';"
+              " return !!t && !stale && (t !== before || (staleBefore && idle)); }")
 QUEUED_JS = "() => document.body.textContent.includes('ahead)')"
 STATE_JS = ("() => ({script: document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state'),"
             " results: (document.querySelector('.st-key-run-controls')?.closest('[data-testid=stColumn]')?.innerText"
@@ -92,9 +101,21 @@ async def add(page: Any, row: str, shape: list[list[tuple[float, float]]], cards
     await idle(page)
 
 
+Shape = list[list[tuple[float, float]]]
+
+
+def own_hand(shape: Shape, person: int) -> Shape:
+    """``shape`` sheared a little more for each ``person``, so that no two sessions draw the same pixels: the
+    adaptations they ask for differ, as eight people's would, instead of coming from the cache they share."""
+    return [[(x + 0.03 * person * (y - 0.5), y) for x, y in points] for points in shape]
+
+
 async def session(browser: Any, url: str, rounds: int, start_together: asyncio.Barrier,
-                  samples: list[float], queued_seen: list[bool], lost: list[dict[str, Any]] | None = None) -> None:
+                  samples: list[float], queued_seen: list[bool], lost: list[dict[str, Any]] | None = None,
+                  person: int = 0) -> None:
     from tests.test_browser import SHAPES
+
+    shapes = [own_hand(shape, person) for shape in SHAPES]
 
     context = await browser.new_context(viewport={"width": 1500, "height": 1000})
     page = await context.new_page()
@@ -103,8 +124,8 @@ async def session(browser: Any, url: str, rounds: int, start_together: asyncio.B
     await page.wait_for_selector(".st-key-row-class-0 canvas.ink")
     await idle(page)
     for index in range(WAYS):
-        await add(page, f"class-{index}", SHAPES[index], 1)
-    await add(page, "queries", SHAPES[0], 1)
+        await add(page, f"class-{index}", shapes[index], 1)
+    await add(page, "queries", shapes[0], 1)
     await page.locator(".st-key-predictions table").wait_for()
     await start_together.wait()
     for number in range(rounds):
@@ -112,10 +133,11 @@ async def session(browser: Any, url: str, rounds: int, start_together: asyncio.B
         await page.wait_for_function("() => !document.querySelector(\".st-key-row-class-0 [class*='st-key-card-']\")")
         await idle(page)
         before = await page.evaluate(CAPTION_JS)
-        await stroke(page, "class-0", SHAPES[(number + 1) % WAYS])
+        stale_before = await page.evaluate(STALE_JS)
+        await stroke(page, "class-0", shapes[(number + 1) % WAYS])
         start = time.perf_counter()
         await page.locator(".st-key-row-class-0 button.add").click()
-        while not await page.evaluate(UPDATED_JS, before):
+        while not await page.evaluate(UPDATED_JS, [before, stale_before]):
             if await page.evaluate(QUEUED_JS):
                 queued_seen[0] = True
             if time.perf_counter() - start > ROUND_LIMIT_S:
@@ -143,8 +165,8 @@ async def drive(url: str, sessions: int, rounds: int) -> tuple[list[float], bool
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         barrier = asyncio.Barrier(sessions)
-        await asyncio.gather(*(session(browser, url, rounds, barrier, samples, queued_seen, lost)
-                               for _ in range(sessions)))
+        await asyncio.gather(*(session(browser, url, rounds, barrier, samples, queued_seen, lost, person)
+                               for person in range(sessions)))
         await browser.close()
     return samples, queued_seen[0], lost
 
