@@ -73,12 +73,13 @@ def phone_photo(size: tuple[int, int]) -> bytes:
     return encoded(Image.fromarray(rgb), "JPEG", quality=70)
 
 
-def header_only_png(width: int, height: int) -> bytes:
-    """A PNG claiming ``width`` x ``height`` pixels with almost no data behind it."""
+def header_only_png(width: int, height: int, bit_depth: int = 1, colour_type: int = 0) -> bytes:
+    """A PNG claiming ``width`` x ``height`` pixels with almost no data behind it (costs no memory to build;
+    tests/test_preprocess.py's oversized uploads too)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
             + chunk(b"IEND", b""))
 

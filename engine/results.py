@@ -1078,9 +1078,7 @@ def write_results(args: argparse.Namespace, stack: contextlib.ExitStack) -> None
                     or trained_pipeline(base.metadata) == SERVED_PIPELINE):
                 continue
             if candidate.run.name in requested and base.checkpoint is not None:
-                served[base.name] = {setting: evaluate_checkpoint(models, base, setting, args.tasks, args.data_dir,
-                                                                  args.device, served=SERVED_PIPELINE)
-                                     for setting in WORTH_SETTINGS}
+                served[base.name] = evaluate_as_served(models, base, args.tasks, args.data_dir, args.device)
             else:
                 served[base.name] = current_evaluations(models, base, served=SERVED_PIPELINE)
     for run in retired:  # each checkpoint shipped before, as the app served it

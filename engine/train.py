@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -150,9 +151,10 @@ class Trainer:
         self.optimizer = learner.meta_optimizer()
         rates = learner.config
         ratio = 1.0 if rates.meta_lr_final is None else rates.meta_lr_final / rates.meta_lr
-        meta_lr_factor(0, config.meta_steps, ratio, rates.meta_lr_schedule, rates.meta_lr_warmup)  # refuses a bad one
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: meta_lr_factor(
-            step, config.meta_steps, ratio, rates.meta_lr_schedule, rates.meta_lr_warmup))
+        schedule = functools.partial(meta_lr_factor, total_steps=config.meta_steps, final_ratio=ratio,
+                                     schedule=rates.meta_lr_schedule, warmup=rates.meta_lr_warmup)
+        schedule(0)  # refuses an unknown schedule before any training
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.step = 0
         self.model_val = -1.0  # validation accuracy of the checkpoint in model.*
         self.train_seconds = 0.0

@@ -35,3 +35,16 @@ def test_eight_sessions_at_once_all_get_their_results(tmp_path: Path) -> None:
     # Each lost round says what its page showed (results column, class row, pad message, script state).
     assert report["lost_rounds"] == 0, f"a session never saw the results of its comparison: {report['lost_pages']}"
     assert stats["n"] == SESSIONS and stats["max_ms"] < LIMIT_S * 1000
+
+
+def test_each_session_draws_in_a_hand_of_its_own() -> None:
+    """No two sessions draw the same strokes (else they share one another's cached adaptations and the load
+    test measures the cache, not the adaptations); the first draws the shapes as they are."""
+    from tests.test_browser import SHAPES
+    from tools.load_test import own_hand
+
+    assert own_hand(SHAPES[0], 0) == SHAPES[0]
+    hands = {repr(own_hand(shape, person)) for shape in SHAPES for person in range(SESSIONS)}
+    assert len(hands) == len(SHAPES) * SESSIONS
+    assert all(0.0 <= x <= 1.0 for person in range(SESSIONS) for shape in SHAPES
+               for points in own_hand(shape, person) for x, _ in points)

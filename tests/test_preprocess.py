@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import struct
 import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+from benchmarks.bench_preprocess import header_only_png
 from engine.data.omniglot import decode_drawing, load_split
 from engine.data.preprocess import (
     MAX_PIXELS,
@@ -97,15 +96,6 @@ def photo_bytes(glyph: str = "A", size: tuple[int, int] = (1600, 1200), seed: in
     rgb = np.clip(np.stack([grey * 1.0, grey * 0.96, grey * 0.88], axis=-1) * 255, 0, 255).astype(np.uint8)
     return jpeg_bytes(Image.fromarray(rgb), quality=quality)
 
-
-def png_header_only(width: int, height: int, bit_depth: int = 1, colour_type: int = 0) -> bytes:
-    """A PNG claiming to be width x height (header + a tiny IDAT): costs no memory to build."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
 
 
 def _palette(transparent: bool) -> Image.Image | bytes:
@@ -350,12 +340,12 @@ def test_too_large_png_rejected_before_decoding(width: int, height: int) -> None
     # The header holds no pixel data to decode: "too large" (not "unreadable") means the header refused it.
     # How fast the refusal is: benchmarks/bench_preprocess.py.
     with pytest.raises(ImageTooLargeError, match="too large"):
-        preprocess_image(png_header_only(width, height))
+        preprocess_image(header_only_png(width, height))
 
 
 def test_too_large_array_and_rgb_header() -> None:
     with pytest.raises(ImageTooLargeError):
-        preprocess_image(png_header_only(30000, 30000, bit_depth=8, colour_type=2))
+        preprocess_image(header_only_png(30000, 30000, bit_depth=8, colour_type=2))
     huge_view = np.broadcast_to(np.zeros(1, np.uint8), (8000, 7000))  # no memory behind it
     assert huge_view.size > MAX_PIXELS
     with pytest.raises(ImageTooLargeError):
@@ -365,7 +355,7 @@ def test_too_large_array_and_rgb_header() -> None:
 def test_error_hierarchy_and_messages() -> None:
     for cls in (NoInkError, UnreadableImageError, ImageTooLargeError):
         assert issubclass(cls, ImagePreprocessError) and issubclass(cls, ValueError)
-    cases = [Image.new("L", (50, 50), 255), b"junk", png_header_only(20000, 20000)]
+    cases = [Image.new("L", (50, 50), 255), b"junk", header_only_png(20000, 20000)]
     for image in cases:
         with pytest.raises(ImagePreprocessError) as info:
             preprocess_image(image)  # type: ignore[arg-type]

@@ -138,14 +138,17 @@ def render(models: Path, runs: Path) -> str:
     return (models / "RESULTS.md").read_text()
 
 
-def fake_run(folder: Path, algorithm: str, step: int, schedule: int, **train: object) -> Path:
+def fake_run(folder: Path, algorithm: str, step: int, schedule: int, *, config: dict[str, object] | None = None,
+             backbone: dict[str, object] | None = None, **train: object) -> Path:
     """A run folder with placeholder weights and the metadata the table reads; ``train`` adds training
-    settings (e.g. ``split_scheme``: what puts a candidate in a section, whatever the folder's name)."""
+    settings (e.g. ``split_scheme``: what puts a candidate in a section, whatever the folder's name),
+    ``config`` and ``backbone`` the learner's and the network's."""
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(f"{algorithm} {folder.name} weights".encode())
+    shape = {**({"config": config} if config else {}), **({"backbone": backbone} if backbone else {})}
     (folder / "model.json").write_text(json.dumps({"algorithm": algorithm, "meta_step": step, "val_accuracy": 0.9,
                                                    "train": {"meta_steps": schedule, **train},
-                                                   "pieces": [], "wall_clock_seconds": 2.0}))
+                                                   "pieces": [], "wall_clock_seconds": 2.0, **shape}))
     return folder
 
 
@@ -301,9 +304,7 @@ def test_a_candidates_section_comes_from_its_metadata_not_its_name(tmp_path: Pat
                      5, 0.99)
     store_evaluation(models, "maml-characters", fake_run(runs / "maml-characters", "maml", 10, 40), 5, 0.97)
     fake_run(models / "maml", "maml", 10, 40)
-    two_steps = fake_run(runs / "x", "maml", 10, 40)
-    metadata = json.loads((two_steps / "model.json").read_text())
-    (two_steps / "model.json").write_text(json.dumps({**metadata, "config": {"inner_steps": 2}}))
+    two_steps = fake_run(runs / "x", "maml", 10, 40, config={"inner_steps": 2})
     store_evaluation(models, "x", two_steps, 5, 0.96)
     table = render(models, runs)
     papers, settings = table.split("## On the papers' split")[1].split("## Candidate settings")
@@ -334,13 +335,9 @@ def test_runs_that_change_one_setting_are_compared_with_the_shipped_run(tmp_path
     """Candidates that change one setting (2 inner steps; 5- to 20-way episodes: several settings, one
     section; look-alike episodes; a wider backbone) are listed apart from the shipped rows, each against the shipped run of its algorithm."""
     models, runs = tmp_path / "models", tmp_path / "runs"
-    two_steps = fake_run(runs / "mc2-2steps", "mc2", 10, 40)
-    metadata = json.loads((two_steps / "model.json").read_text())
-    (two_steps / "model.json").write_text(json.dumps({**metadata, "config": {"inner_steps": 2}}))
+    two_steps = fake_run(runs / "mc2-2steps", "mc2", 10, 40, config={"inner_steps": 2})
     store_evaluation(models, "mc2-2steps", two_steps, 5, 0.97)
-    ways = fake_run(runs / "mc2-ways5to20", "mc2", 10, 40, ways=20)
-    (ways / "model.json").write_text(json.dumps({**json.loads((ways / "model.json").read_text()),
-                                                 "config": {"min_train_ways": 5}}))
+    ways = fake_run(runs / "mc2-ways5to20", "mc2", 10, 40, config={"min_train_ways": 5}, ways=20)
     store_evaluation(models, "mc2-ways5to20", ways, 5, 0.95)
     store_evaluation(models, "mc2", fake_run(models / "mc2", "mc2", 10, 40, ways=5), 5, 0.96)
     table = render(models, runs)
@@ -363,16 +360,13 @@ def test_runs_that_change_one_setting_are_compared_with_the_shipped_run(tmp_path
     assert "| mc2-within | +0.50 |" in section
 
     # A wider backbone: the checkpoint's backbone metadata, not its training settings.
-    wide = fake_run(runs / "mc2-wide", "mc2", 10, 40, split_scheme="background")
-    (wide / "model.json").write_text(json.dumps({**json.loads((wide / "model.json").read_text()),
-                                                 "backbone": {"channels": 128}}))
+    wide = fake_run(runs / "mc2-wide", "mc2", 10, 40, backbone={"channels": 128}, split_scheme="background")
     store_evaluation(models, "mc2-wide", wide, 5, 0.94)
     section = render(models, runs).split("## Candidate settings")[1]
     assert "| **mc2-wide** (mc2, ours; channels 64 → 128) | 94.00 ± 0.30 |" in section
     assert "| mc2-wide | -2.00 |" in section
-    cosine = fake_run(runs / "mc2-cosine", "mc2", 10, 40, split_scheme="background")
-    (cosine / "model.json").write_text(json.dumps({**json.loads((cosine / "model.json").read_text()),
-                                                   "config": {"meta_lr_schedule": "cosine", "meta_lr_warmup": 5}}))
+    cosine = fake_run(runs / "mc2-cosine", "mc2", 10, 40, config={"meta_lr_schedule": "cosine", "meta_lr_warmup": 5},
+                      split_scheme="background")
     store_evaluation(models, "mc2-cosine", cosine, 5, 0.97)
     section = render(models, runs).split("## Candidate settings")[1]
     assert "| **mc2-cosine** (mc2, ours; meta_lr_schedule linear → cosine, meta_lr_warmup 0 → 5) | 97.00" in section

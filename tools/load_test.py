@@ -28,21 +28,19 @@ from tools.browser import CHROMIUM_ARGS, chromium_path, serve_app  # noqa: E402
 from tools.latency import save_report, summary  # noqa: E402
 
 WAYS = 5
-IDLE_JS = ("() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state')"
-           " === 'notRunning'")
-CAPTION_JS = ("() => [...document.querySelectorAll('[data-testid=stCaptionContainer]')].map(e => e.innerText)"
-              ".find(t => t.includes('support example')) || ''")
-STALE_NOTE = "changed since these results"
-STALE_JS = f"() => document.body.textContent.includes('{STALE_NOTE}')"
+# JavaScript expressions over the page, and the functions the harness evaluates from them.
+IDLE = "document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'"
+CAPTION = ("([...document.querySelectorAll('[data-testid=stCaptionContainer]')].map(e => e.innerText)"
+           ".find(t => t.includes('support example')) || '')")
+STALE = "document.body.textContent.includes('changed since these results')"
+IDLE_JS = f"() => {IDLE}"
+CAPTION_JS = f"() => {CAPTION}"
+STALE_JS = f"() => {STALE}"
 # The new comparison is on screen: a new caption and no note that the results are stale. Its caption can read
 # as the one before (the same counts and, when every adaptation comes from the cache the sessions share,
 # the same milliseconds): then the stale note shown before the click is gone and the script has finished.
-UPDATED_JS = ("([before, staleBefore]) => { const t = [...document.querySelectorAll('[data-testid=stCaptionContainer]')]"
-              ".map(e => e.innerText).find(t => t.includes('support example')) || '';"
-              f" const stale = document.body.textContent.includes('{STALE_NOTE}');"
-              " const idle = document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state')"
-              " === 'notRunning';"
-              " return !!t && !stale && (t !== before || (staleBefore && idle)); }")
+UPDATED_JS = (f"([before, staleBefore]) => {{ const t = {CAPTION};"
+              f" return !!t && !({STALE}) && (t !== before || (staleBefore && {IDLE})); }}")
 QUEUED_JS = "() => document.body.textContent.includes('ahead)')"
 STATE_JS = ("() => ({script: document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state'),"
             " results: (document.querySelector('.st-key-run-controls')?.closest('[data-testid=stColumn]')?.innerText"
@@ -51,6 +49,7 @@ STATE_JS = ("() => ({script: document.querySelector('[data-testid=stApp]')?.getA
 """What a page shows when its round is lost (the report keeps it, to tell a lost result from a slow one)."""
 """The page's text without a layout pass (``innerText`` of the whole body costs the browser a
 layout each time, and eight pages polled every 50 ms made the harness compete with the server)."""
+Shape = list[list[tuple[float, float]]]  # strokes of points in unit coordinates (tests/test_browser.py's SHAPES)
 POLL_MS = 50
 ROUND_LIMIT_S = 120.0
 """A round whose results are not on screen after this long counts as lost (reported, not waited for)."""
@@ -68,7 +67,7 @@ async def wait_enabled(locator: Any, timeout_s: float = 60.0) -> None:
         await asyncio.sleep(POLL_MS / 1000)
 
 
-async def stroke(page: Any, row: str, shape: list[list[tuple[float, float]]], attempts: int = 3) -> None:
+async def stroke(page: Any, row: str, shape: Shape, attempts: int = 3) -> None:
     """Draw ``shape`` on the row's pad, once the pad takes drawings, and check that it holds strokes.
 
     Under load the pad can still be redrawn by the run that follows a deletion while the mouse moves
@@ -92,16 +91,13 @@ async def stroke(page: Any, row: str, shape: list[list[tuple[float, float]]], at
     raise RuntimeError(f"the pad of {row} kept no strokes after {attempts} attempts")
 
 
-async def add(page: Any, row: str, shape: list[list[tuple[float, float]]], cards: int) -> None:
+async def add(page: Any, row: str, shape: Shape, cards: int) -> None:
     await stroke(page, row, shape)
     await page.locator(f".st-key-row-{row} button.add").click()
     await page.wait_for_function(
         f"() => document.querySelectorAll('.st-key-row-{row} [class*=\"st-key-card-\"], "
         f".st-key-row-{row} [class*=\"st-key-qcard-\"]').length >= {cards}")
     await idle(page)
-
-
-Shape = list[list[tuple[float, float]]]
 
 
 def own_hand(shape: Shape, person: int) -> Shape:
